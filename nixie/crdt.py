@@ -1,0 +1,226 @@
+"""The replicated state of one counter, as a join-semilattice.
+
+A counter's state is a PN-counter (per replica, a grow-only total of
+increments and one of decrements), three last-writer-wins registers for its
+metadata, the stamp of its creation and, once deleted, the stamp of its
+deletion. `CounterState.merge` is the join: commutative, associative and
+idempotent, so replicas that exchange states in any order, any number of
+times, converge.
+
+Deletion wins over everything: a tombstone merged with any state is a
+tombstone, and a tombstone forgets the counter's value and metadata, which
+no replica can bring back.
+
+Every operation here returns a delta: the small state that, merged into a
+replica, has the operation's effect. Nodes apply their own writes by merging
+the delta, and later ship the same deltas to their peers.
+
+This module does no I/O and knows nothing of keys, HTTP or storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, TypeVar
+
+T = TypeVar("T", str, int)
+
+DEFAULT_STEP = 1
+
+
+class Stamp(NamedTuple):
+    """Order events by hybrid-clock time, then by replica id."""
+
+    time: int
+    replica: str
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Generic[T]):
+    """Hold a value and the stamp of the write that set it."""
+
+    value: T
+    stamp: Stamp
+
+    def wins_over(self, other: Register[T]) -> bool:
+        """Tell whether this write beats `other` under last-writer-wins."""
+        # The value only breaks ties between equal stamps, which correct
+        # replicas never issue; it keeps merge deterministic regardless.
+        return (self.stamp, self.value) > (other.stamp, other.value)
+
+
+def _later(mine: Register[T] | None, theirs: Register[T] | None) -> Register[T] | None:
+    if mine is None:
+        return theirs
+    if theirs is None or mine.wins_over(theirs):
+        return mine
+    return theirs
+
+
+def _max_stamp(a: Stamp | None, b: Stamp | None) -> Stamp | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+@dataclass(slots=True)
+class CounterState:
+    """Hold everything a replica knows of one counter."""
+
+    created: Stamp | None = None
+    increments: dict[str, int] = field(default_factory=dict)
+    decrements: dict[str, int] = field(default_factory=dict)
+    name: Register[str] | None = None
+    description: Register[str] | None = None
+    step: Register[int] | None = None
+    deleted: Stamp | None = None
+
+    def __post_init__(self) -> None:
+        # A tombstone carries nothing but its stamp, whatever it was built from.
+        if self.deleted is not None:
+            self._become_tombstone(self.deleted)
+
+    @property
+    def live(self) -> bool:
+        """Tell whether the counter has been created here and not deleted."""
+        return self.created is not None and self.deleted is None
+
+    @property
+    def value(self) -> int:
+        """Return the sum of all increments minus the sum of all decrements."""
+        return sum(self.increments.values()) - sum(self.decrements.values())
+
+    @property
+    def step_value(self) -> int:
+        """Return what one increment adds."""
+        return DEFAULT_STEP if self.step is None else self.step.value
+
+    @property
+    def name_value(self) -> str:
+        """Return the name, or an empty string when none is set."""
+        return "" if self.name is None else self.name.value
+
+    @property
+    def description_value(self) -> str:
+        """Return the description, or an empty string when none is set."""
+        return "" if self.description is None else self.description.value
+
+    def copy(self) -> CounterState:
+        """Return an independent copy (registers are immutable and shared)."""
+        return dataclasses.replace(
+            self,
+            increments=dict(self.increments),
+            decrements=dict(self.decrements),
+        )
+
+    def merge(self, other: CounterState) -> bool:
+        """Join `other` into this state in place; tell whether anything changed."""
+        if self.deleted is not None or other.deleted is not None:
+            deleted = _max_stamp(self.deleted, other.deleted)
+            if deleted == self.deleted:
+                return False
+            self._become_tombstone(deleted)
+            return True
+
+        changed = _merge_totals(self.increments, other.increments)
+        changed = _merge_totals(self.decrements, other.decrements) or changed
+
+        created = _max_stamp(self.created, other.created)
+        name = _later(self.name, other.name)
+        description = _later(self.description, other.description)
+        step = _later(self.step, other.step)
+        if (created, name, description, step) != (
+            self.created,
+            self.name,
+            self.description,
+            self.step,
+        ):
+            self.created = created
+            self.name = name
+            self.description = description
+            self.step = step
+            changed = True
+        return changed
+
+    def _become_tombstone(self, deleted: Stamp | None) -> None:
+        self.created = None
+        self.increments = {}
+        self.decrements = {}
+        self.name = self.description = self.step = None
+        self.deleted = deleted
+
+
+def _merge_totals(mine: dict[str, int], theirs: dict[str, int]) -> bool:
+    changed = False
+    for replica, total in theirs.items():
+        if total > mine.get(replica, 0):
+            mine[replica] = total
+            changed = True
+    return changed
+
+
+def merged(a: CounterState, b: CounterState) -> CounterState:
+    """Return the join of two states, leaving both untouched."""
+    result = a.copy()
+    result.merge(b)
+    return result
+
+
+def latest_time(state: CounterState) -> int:
+    """Return the largest clock time among a state's stamps (0 when none)."""
+    stamps = [state.created, state.deleted]
+    stamps += [r.stamp for r in (state.name, state.description, state.step) if r]
+    return max((stamp.time for stamp in stamps if stamp is not None), default=0)
+
+
+def create(
+    stamp: Stamp,
+    start: int = 0,
+    name: str = "",
+    description: str = "",
+    step: int = DEFAULT_STEP,
+) -> CounterState:
+    """Return the delta that creates a counter: the whole initial state."""
+    state = CounterState(
+        created=stamp,
+        name=Register(name, stamp),
+        description=Register(description, stamp),
+        step=Register(step, stamp),
+    )
+    if start > 0:
+        state.increments[stamp.replica] = start
+    elif start < 0:
+        state.decrements[stamp.replica] = -start
+    return state
+
+
+def add(state: CounterState, replica: str, amount: int) -> CounterState:
+    """Return the delta that adds `amount` (of either sign) as `replica`."""
+    delta = CounterState()
+    if amount > 0:
+        delta.increments[replica] = state.increments.get(replica, 0) + amount
+    elif amount < 0:
+        delta.decrements[replica] = state.decrements.get(replica, 0) - amount
+    return delta
+
+
+def update_metadata(
+    stamp: Stamp,
+    name: str | None = None,
+    description: str | None = None,
+    step: int | None = None,
+) -> CounterState:
+    """Return the delta that sets the given metadata fields, and only those."""
+    return CounterState(
+        name=None if name is None else Register(name, stamp),
+        description=None if description is None else Register(description, stamp),
+        step=None if step is None else Register(step, stamp),
+    )
+
+
+def delete(stamp: Stamp) -> CounterState:
+    """Return the delta that deletes a counter for good."""
+    return CounterState(deleted=stamp)

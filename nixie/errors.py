@@ -1,0 +1,37 @@
+"""The exceptions Nixie raises; every one derives from `NixieError`.
+
+NixieError
+├── InvalidInput       a value, header or payload is malformed (400)
+├── BodyTooLarge       a request body exceeds what any valid input needs (413)
+├── UnknownKey         no such counter, or it was deleted (404)
+├── OutOfRange         a result would leave the signed 64-bit range (409)
+└── StorageError       the data dir cannot be opened or written
+"""
+
+
+class NixieError(Exception):
+    """Root of every error Nixie raises on purpose."""
+
+
+class InvalidInput(NixieError):
+    """Refuse a malformed input; the message names the field and the problem."""
+
+
+class BodyTooLarge(NixieError):
+    """Refuse a request body longer than any valid input."""
+
+
+class UnknownKey(NixieError):
+    """Report a key that names no live counter."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Unknown key {key}")
+        self.key = key
+
+
+class OutOfRange(NixieError):
+    """Refuse a write whose result would leave the signed 64-bit range."""
+
+
+class StorageError(NixieError):
+    """Report a data dir that cannot be opened, locked or written."""

@@ -1,0 +1,204 @@
+"""Laws and semantics of the counter CRDT."""
+
+import functools
+import random
+from typing import TypeVar
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from nixie import crdt
+from nixie.crdt import CounterState, Register, Stamp, merged
+
+T = TypeVar("T", str, int)
+
+replicas = st.sampled_from(["ra", "rb", "rc"])
+stamps = st.builds(Stamp, st.integers(0, 50), replicas)
+totals = st.dictionaries(replicas, st.integers(1, 2**70), max_size=3)
+
+
+def registers(values: st.SearchStrategy[T]) -> st.SearchStrategy[Register[T]]:
+    return st.builds(Register, values, stamps)
+
+
+live_states = st.builds(
+    CounterState,
+    created=st.none() | stamps,
+    increments=totals,
+    decrements=totals,
+    name=st.none() | registers(st.sampled_from(["", "x", "y"])),
+    description=st.none() | registers(st.sampled_from(["", "d", "e"])),
+    step=st.none() | registers(st.integers(-3, 3)),
+)
+tombstones = st.builds(CounterState, deleted=stamps)
+states = live_states | tombstones
+
+
+@given(states, states)
+def test_merge_is_commutative(a: CounterState, b: CounterState) -> None:
+    """Merging a into b gives what merging b into a gives."""
+    assert merged(a, b) == merged(b, a)
+
+
+@given(states, states, states)
+def test_merge_is_associative(
+    a: CounterState, b: CounterState, c: CounterState
+) -> None:
+    """The grouping of merges does not matter."""
+    assert merged(merged(a, b), c) == merged(a, merged(b, c))
+
+
+@given(states, states)
+def test_merge_is_idempotent(a: CounterState, b: CounterState) -> None:
+    """Merging the same state again changes nothing."""
+    once = merged(a, b)
+
+    assert merged(a, a) == a
+    assert merged(once, b) == once
+
+
+@given(states, states)
+def test_merge_reports_change_exactly(a: CounterState, b: CounterState) -> None:
+    """merge() says it changed the state exactly when the state differs."""
+    target = a.copy()
+
+    changed = target.merge(b)
+
+    assert changed == (target != a)
+
+
+@given(states, states)
+def test_merge_leaves_inputs_untouched(a: CounterState, b: CounterState) -> None:
+    """merged() builds a new state and mutates neither argument."""
+    a_before, b_before = a.copy(), b.copy()
+
+    merged(a, b)
+
+    assert (a, b) == (a_before, b_before)
+
+
+@given(st.lists(states, min_size=1, max_size=6), st.randoms())
+def test_value_is_independent_of_merge_order(
+    parts: list[CounterState], rng: random.Random
+) -> None:
+    """Replicas that merge the same states in any order agree on everything."""
+    shuffled = list(parts)
+    rng.shuffle(shuffled)
+
+    forward = functools.reduce(merged, parts, CounterState())
+    other = functools.reduce(merged, shuffled, CounterState())
+
+    assert forward == other
+    assert forward.value == other.value
+
+
+@given(live_states, st.integers(-(2**64), 2**64), replicas, totals)
+def test_add_delta_carries_the_operation(
+    state: CounterState, amount: int, replica: str, others: dict[str, int]
+) -> None:
+    """An add delta moves the value by its amount on any replica that has seen
+    the state it was made from, whatever other replicas wrote meanwhile."""
+    delta = crdt.add(state, replica, amount)
+    elsewhere = merged(
+        state,
+        CounterState(increments={r: t for r, t in others.items() if r != replica}),
+    )
+
+    assert merged(state, delta).value == state.value + amount
+    assert merged(elsewhere, delta).value == elsewhere.value + amount
+
+
+@given(live_states, st.integers(-(2**64), 2**64), replicas)
+def test_add_delta_is_small(state: CounterState, amount: int, replica: str) -> None:
+    """An add delta holds a single total of its own replica, or nothing."""
+    delta = crdt.add(state, replica, amount)
+
+    entries = {**delta.increments, **delta.decrements}
+    assert set(entries) <= {replica}
+    assert len(entries) == (amount != 0)
+    assert (delta.created, delta.name, delta.step) == (None, None, None)
+
+
+@given(stamps, st.integers(-(2**63), 2**63 - 1), st.text(max_size=5), st.integers())
+def test_create_delta_is_the_complete_counter(
+    stamp: Stamp, start: int, name: str, step: int
+) -> None:
+    """A created counter, merged into an empty replica, is complete there."""
+    received = merged(CounterState(), crdt.create(stamp, start, name, "about", step))
+
+    assert received.live
+    assert (received.value, received.name_value) == (start, name)
+    assert (received.description_value, received.step_value) == ("about", step)
+    assert received.created == stamp
+
+
+@given(live_states, states, stamps)
+def test_delete_wins_over_any_state(
+    state: CounterState, other: CounterState, stamp: Stamp
+) -> None:
+    """A deleted counter stays deleted whatever it is merged with, in any order."""
+    deleted = merged(state, crdt.delete(stamp))
+
+    assert not deleted.live
+    assert not merged(deleted, other).live
+    assert not merged(other, deleted).live
+    assert merged(deleted, other).value == 0
+
+
+@given(live_states, stamps, st.sampled_from(["name", "description", "step"]))
+def test_metadata_update_changes_only_its_field(
+    state: CounterState, stamp: Stamp, field: str
+) -> None:
+    """A metadata delta newer than the state sets its one field, keeping others."""
+    newer = Stamp(100, stamp.replica)
+    value: str | int = 7 if field == "step" else "new"
+    delta = crdt.update_metadata(newer, **{field: value})
+
+    result = merged(state, delta)
+
+    expected = {
+        "name": state.name_value,
+        "description": state.description_value,
+        "step": state.step_value,
+    }
+    expected[field] = value
+    actual = {
+        "name": result.name_value,
+        "description": result.description_value,
+        "step": result.step_value,
+    }
+    assert expected == actual
+    assert result.value == state.value
+
+
+@given(st.text(max_size=3), st.text(max_size=3), stamps, stamps)
+def test_last_writer_wins_by_stamp(
+    first: str, second: str, early: Stamp, late: Stamp
+) -> None:
+    """The register with the larger stamp wins, whichever side it merges from."""
+    assume(early != late)
+    early, late = sorted([early, late])
+    older = crdt.update_metadata(early, name=first)
+    newer = crdt.update_metadata(late, name=second)
+
+    assert merged(older, newer).name_value == second
+    assert merged(newer, older).name_value == second
+
+
+def test_concurrent_increments_on_two_replicas_add_up() -> None:
+    """Two replicas that each add 1 from the same state converge to 2."""
+    base = crdt.create(Stamp(1, "ra"))
+    on_a = merged(base, crdt.add(base, "ra", 1))
+    on_b = merged(base, crdt.add(base, "rb", 1))
+
+    assert merged(on_a, on_b).value == 2
+    assert merged(on_b, on_a).value == 2
+
+
+def test_concurrent_sets_add_their_differences() -> None:
+    """PUT 10 on one replica and PUT 3 on another, both from 0, merge to 13."""
+    base = crdt.create(Stamp(1, "ra"))
+    on_a = merged(base, crdt.add(base, "ra", 10 - base.value))
+    on_b = merged(base, crdt.add(base, "rb", 3 - base.value))
+
+    assert merged(on_a, on_b).value == 13
