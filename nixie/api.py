@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException
 
 from nixie import __version__
 from nixie.crdt import DEFAULT_STEP, CounterState
@@ -78,6 +79,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.add_exception_handler(NixieError, _error_response)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _routing_error)  # type: ignore[arg-type]
     _add_counter_routes(app)
     return app
 
@@ -95,7 +97,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.post(
         "/",
         status_code=201,
-        responses={**_text(201, "The new key."), **_errors(400, 413)},
+        responses={**_text(201, "The new key."), **_errors(400, 413, 503)},
         openapi_extra=_extra(meta=True, body="optional"),
     )
     async def create_counter(request: Request) -> Response:
@@ -123,7 +125,9 @@ def _add_counter_routes(app: FastAPI) -> None:
         state = _node(request).get(request.path_params["key"])
         return _counter_response(state, 200, str(state.value))
 
-    @app.post("/{key}", responses={**_text(200, "The value."), **_errors(404, 409)})
+    @app.post(
+        "/{key}", responses={**_text(200, "The value."), **_errors(404, 409, 503)}
+    )
     async def increment_counter(request: Request) -> Response:
         state = _node(request).increment(request.path_params["key"])
         return _counter_response(state, 200, str(state.value))
@@ -131,7 +135,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.put(
         "/{key}",
         status_code=204,
-        responses=_errors(400, 404, 409, 413),
+        responses=_errors(400, 404, 413, 503),
         openapi_extra=_extra(meta=False, body="required"),
     )
     async def set_counter(request: Request) -> Response:
@@ -144,7 +148,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.patch(
         "/{key}",
         status_code=204,
-        responses=_errors(400, 404),
+        responses=_errors(400, 404, 503),
         openapi_extra=_extra(meta=True, body=None),
     )
     async def update_metadata(request: Request) -> Response:
@@ -155,7 +159,7 @@ def _add_counter_routes(app: FastAPI) -> None:
         state = node.update_metadata(key, name, description, step)
         return _counter_response(state, 204)
 
-    @app.delete("/{key}", status_code=204, responses=_errors(404))
+    @app.delete("/{key}", status_code=204, responses=_errors(404, 503))
     async def delete_counter(request: Request) -> Response:
         _node(request).delete(request.path_params["key"])
         return Response(status_code=204)
@@ -233,6 +237,11 @@ async def _error_response(request: Request, exc: NixieError) -> Response:
     else:
         logger.debug("%s %s: %d %s", request.method, request.url.path, status, exc)
     return PlainTextResponse(str(exc), status_code=status)
+
+
+async def _routing_error(request: Request, exc: HTTPException) -> Response:
+    # Starlette answers unknown paths and methods in JSON; Nixie speaks text.
+    return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
 
 
 def _title(header: bytes) -> str:

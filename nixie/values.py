@@ -19,9 +19,9 @@ DESCRIPTION_MAX_CHARS = 1000
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _ASCII_SPACE = " \t\r\n\x0b\x0c"
-# C0 controls and DEL: HTTP cannot carry most of them, and none belongs in a
-# name. Tabs are refused too, so that what is stored is what is shown.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 controls, DEL and the C1 controls: HTTP cannot carry most of them, and
+# none belongs in a name. Tabs too, so that what is stored is what is shown.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def parse_int64(text: str, field: str) -> int:

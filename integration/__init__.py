@@ -1,0 +1,1 @@
+"""Black-box HTTP scenarios for any live Nixie node."""
