@@ -8,16 +8,19 @@ still declare their parameters and responses so that the app's own OpenAPI
 document matches the contract.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from nixie import __version__
+from nixie.cluster_api import add_cluster_routes
 from nixie.crdt import DEFAULT_STEP, CounterState
 from nixie.errors import (
     BodyTooLarge,
@@ -25,8 +28,11 @@ from nixie.errors import (
     NixieError,
     OutOfRange,
     StorageError,
+    Unauthorized,
     UnknownKey,
 )
+from nixie.gossip import Gossiper
+from nixie.membership import Membership, watch_dns
 from nixie.node import Node
 from nixie.settings import Settings
 from nixie.store import Store
@@ -45,6 +51,7 @@ BODY_MAX_BYTES = 1024
 
 _STATUS = {
     InvalidInput: 400,
+    Unauthorized: 401,
     UnknownKey: 404,
     OutOfRange: 409,
     BodyTooLarge: 413,
@@ -54,21 +61,56 @@ _STATUS = {
 _META_HEADERS = (b"nixie-name", b"nixie-description", b"nixie-step")
 
 
-def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
-    """Build the ASGI app of one node; it opens the data dir unless given `node`.
+def create_app(
+    settings: Settings,
+    node: Node | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    background: bool = True,
+) -> FastAPI:
+    """Build the ASGI app of one node.
 
-    Either way the app closes the node's store when it shuts down.
+    The app opens the data dir on start-up unless given `node`, and closes
+    the node's store when it stops. With `background`, it runs anti-entropy
+    rounds (and DNS peer discovery) while it serves; tests leave it off and
+    call `app.state.gossiper.run_round()` themselves. `transport` replaces
+    the network between nodes, for tests.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The node loads its whole state before the first request is served,
         # so no write is ever applied on top of a partly loaded replica.
-        app.state.node = node or Node(Store(settings.data_dir))
-        try:
-            yield
-        finally:
-            app.state.node.store.close()
+        if node is None:
+            app.state.node = Node(
+                Store(settings.data_dir), delta_capacity=settings.delta_capacity
+            )
+        else:
+            app.state.node = node
+        async with httpx.AsyncClient(
+            timeout=settings.peer_timeout, transport=transport
+        ) as client:
+            gossiper = Gossiper(
+                app.state.node,
+                Membership(
+                    settings.own_url(),
+                    list(settings.peers),
+                    backoff_initial=settings.gossip_interval,
+                    backoff_max=max(10.0, settings.gossip_interval),
+                    forget_after=settings.forget_after,
+                ),
+                client,
+                settings.cluster_secret,
+            )
+            app.state.gossiper = gossiper
+            tasks = _start_background(settings, gossiper) if background else []
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                app.state.node.store.close()
 
     app = FastAPI(
         title="Nixie",
@@ -80,8 +122,33 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     )
     app.add_exception_handler(NixieError, _error_response)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _routing_error)  # type: ignore[arg-type]
+    add_cluster_routes(app, settings)
     _add_counter_routes(app)
     return app
+
+
+def _start_background(
+    settings: Settings, gossiper: Gossiper
+) -> list[asyncio.Task[None]]:
+    if not settings.cluster_secret:
+        logger.warning(
+            "no cluster secret set: accepting peer requests from loopback only"
+        )
+    logger.info(
+        "gossiping every %.3g s as %s with peers %s",
+        settings.gossip_interval,
+        gossiper.identity.url,
+        ", ".join(settings.peers) or "(none yet)",
+    )
+    tasks = [asyncio.create_task(gossiper.run(settings.gossip_interval))]
+    if settings.peers_dns:
+        name, port = settings.dns_target()
+        tasks.append(
+            asyncio.create_task(
+                watch_dns(gossiper.membership, name, port, settings.dns_interval)
+            )
+        )
+    return tasks
 
 
 def _node(request: Request) -> Node:

@@ -1,4 +1,4 @@
-"""The `nixie-cli` command: run a node."""
+"""The `nixie-cli` command: run a node, or a local cluster of nodes."""
 
 import copy
 import logging
@@ -13,6 +13,7 @@ import uvicorn
 from nixie import __version__
 from nixie.api import create_app
 from nixie.errors import NixieError
+from nixie.launcher import run_local_cluster
 from nixie.node import Node
 from nixie.settings import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
 from nixie.store import Store
@@ -20,6 +21,14 @@ from nixie.store import Store
 logger = logging.getLogger(__name__)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+DEFAULTS = Settings()
+PEER_PATHS = ("/_nixie/gossip", "/_nixie/digest", "/_nixie/repair")
+
+
+def _peer_list(
+    _: click.Context, __: click.Parameter, value: str | None
+) -> tuple[str, ...]:
+    return tuple(url.strip() for url in (value or "").split(",") if url.strip())
 
 
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
@@ -48,6 +57,49 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
     help="Folder for the node's database; created if missing.",
 )
 @click.option(
+    "--peers",
+    callback=_peer_list,
+    envvar="NIXIE_PEERS",
+    show_envvar=True,
+    help="Comma-separated base URLs of other nodes.",
+)
+@click.option(
+    "--peers-dns",
+    metavar="NAME:PORT",
+    envvar="NIXIE_PEERS_DNS",
+    show_envvar=True,
+    help="Treat every address NAME resolves to as a peer (re-resolved).",
+)
+@click.option(
+    "--advertise-url",
+    envvar="NIXIE_ADVERTISE_URL",
+    show_envvar=True,
+    help="URL peers reach this node at  [default: from host and port, or "
+    "the hostname when listening on all addresses]",
+)
+@click.option(
+    "--cluster-secret",
+    envvar="NIXIE_CLUSTER_SECRET",
+    show_envvar=True,
+    help="Secret shared by all nodes; without it only loopback peers are accepted.",
+)
+@click.option(
+    "--gossip-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.gossip_interval,
+    envvar="NIXIE_GOSSIP_INTERVAL",
+    show_envvar=True,
+    help="Seconds between anti-entropy rounds.",
+)
+@click.option(
+    "--peer-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.peer_timeout,
+    envvar="NIXIE_PEER_TIMEOUT",
+    show_envvar=True,
+    help="Seconds one exchange with a peer may take; must exceed the gossip interval.",
+)
+@click.option(
     "-d",
     "--debug",
     is_flag=True,
@@ -55,14 +107,71 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
     show_envvar=True,
     help="Log at debug level.",
 )
-@click.version_option(__version__, prog_name="nixie-cli")
+@click.version_option(__version__, "--version", prog_name="nixie-cli")
 @click.pass_context
-def cli(ctx: click.Context, host: str, port: int, data_dir: Path, debug: bool) -> None:
+def cli(ctx: click.Context, /, **options: Any) -> None:
     """Run a Nixie node serving the counter API."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = Settings(host=host, port=port, data_dir=data_dir, debug=debug)
+    try:
+        settings = Settings(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     serve(settings)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "-n",
+    "--nodes",
+    type=click.IntRange(1, 16),
+    default=3,
+    help="How many nodes to start.",
+)
+@click.option(
+    "-p",
+    "--base-port",
+    type=click.IntRange(1, 65535 - 16),
+    default=DEFAULT_PORT,
+    help="Port of the first node; the others follow.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    help="Folder holding one data dir per node.",
+)
+@click.option(
+    "--gossip-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.gossip_interval,
+    help="Seconds between anti-entropy rounds.",
+)
+@click.option(
+    "--cluster-secret",
+    envvar="NIXIE_CLUSTER_SECRET",
+    show_envvar=True,
+    help="Secret for the nodes  [default: a fresh random one]",
+)
+@click.option("-d", "--debug", is_flag=True, help="Log at debug level.")
+def cluster(
+    nodes: int,
+    base_port: int,
+    data_dir: Path,
+    gossip_interval: float,
+    cluster_secret: str | None,
+    debug: bool,
+) -> None:
+    """Run a local cluster on consecutive ports until Ctrl-C."""
+    status = run_local_cluster(
+        nodes=nodes,
+        base_port=base_port,
+        data_root=data_dir,
+        gossip_interval=gossip_interval,
+        secret=cluster_secret,
+        debug=debug,
+    )
+    sys.exit(status)
 
 
 def serve(settings: Settings) -> None:
@@ -70,7 +179,7 @@ def serve(settings: Settings) -> None:
     log_config = logging_config(settings.debug)
     logging.config.dictConfig(log_config)
     try:
-        node = Node(Store(settings.data_dir))
+        node = Node(Store(settings.data_dir), delta_capacity=settings.delta_capacity)
     except NixieError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -90,9 +199,25 @@ def serve(settings: Settings) -> None:
     uvicorn.Server(config).run()
 
 
+class QuietPeerTraffic(logging.Filter):
+    """Keep the access log to client requests: peers exchange several a second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop access lines of the peer endpoints."""
+        args = record.args
+        path = args[2] if isinstance(args, tuple) and len(args) > 2 else ""
+        return not (isinstance(path, str) and path.startswith(PEER_PATHS))
+
+
 def logging_config(debug: bool) -> dict[str, Any]:
-    """Return uvicorn's logging set-up with Nixie's loggers added."""
+    """Return uvicorn's logging set-up with Nixie's loggers added.
+
+    Peer exchanges stay out of the access log unless debugging.
+    """
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    if not debug:
+        config["filters"] = {"peers": {"()": QuietPeerTraffic}}
+        config["handlers"]["access"]["filters"] = ["peers"]
     config["loggers"]["nixie"] = {
         "handlers": ["default"],
         "level": "DEBUG" if debug else "INFO",

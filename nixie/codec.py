@@ -82,6 +82,13 @@ def dumps(data: object) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def canonical(state: CounterState) -> str:
+    """Return a state's one text form: equal states give equal texts."""
+    return json.dumps(
+        encode_state(state), separators=(",", ":"), ensure_ascii=False, sort_keys=True
+    )
+
+
 def loads(text: str | bytes) -> Any:
     """Parse JSON that must not contain floats or non-standard constants."""
     try:

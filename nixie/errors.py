@@ -35,3 +35,11 @@ class OutOfRange(NixieError):
 
 class StorageError(NixieError):
     """Report a data dir that cannot be opened, locked or written."""
+
+
+class Unauthorized(NixieError):
+    """Refuse a cluster request that lacks the right secret."""
+
+
+class PeerError(NixieError):
+    """Report an exchange with a peer that failed or made no sense."""

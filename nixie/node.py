@@ -4,16 +4,18 @@ All methods are synchronous and do their read-modify-write without yielding
 to the event loop, so requests served by one node never interleave inside an
 operation. Each write computes a CRDT delta, merges it into a copy of the
 counter's state, stores the copy and only then installs it: a write that
-cannot be stored changes nothing.
+cannot be stored changes nothing. Every change is folded into the node's
+digest and its delta log, from which anti-entropy ships it to peers.
 """
 
 import base64
 import logging
 import secrets
-from collections.abc import Callable
 
-from nixie import crdt
+from nixie import codec, crdt
 from nixie.crdt import CounterState, Stamp
+from nixie.deltas import DeltaLog
+from nixie.digest import Digest
 from nixie.errors import OutOfRange, UnknownKey
 from nixie.hlc import HybridClock
 from nixie.store import Store
@@ -22,9 +24,6 @@ from nixie.values import INT64_MAX, INT64_MIN, in_int64
 logger = logging.getLogger(__name__)
 
 KEY_CHARS = 21
-
-# Called with (key, delta) after every change this node makes or merges.
-DeltaListener = Callable[[str, CounterState], None]
 
 
 def new_key() -> str:
@@ -35,16 +34,24 @@ def new_key() -> str:
 class Node:
     """Hold every counter of one replica and apply writes to them."""
 
-    def __init__(self, store: Store, clock: HybridClock | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: HybridClock | None = None,
+        delta_capacity: int = 100_000,
+    ) -> None:
         self.store = store
         self.replica_id = store.replica_id()
         self.clock = clock or HybridClock()
-        self.listeners: list[DeltaListener] = []
+        self.digest = Digest()
+        self.deltas = DeltaLog(delta_capacity)
         self._states: dict[str, CounterState] = {}
         self._listing: str | None = None
 
-        for key, state in store.load():
+        for key, text in store.load():
+            state = codec.decode_state(codec.loads(text))
             self._states[key] = state
+            self.digest.update(key, text)
             self.clock.observe(crdt.latest_time(state))
         logger.info(
             "replica %s loaded %d counters from %s",
@@ -52,6 +59,10 @@ class Node:
             len(self._states),
             store.data_dir,
         )
+
+    def __len__(self) -> int:
+        """Return how many keys this node holds, tombstones included."""
+        return len(self._states)
 
     # Reads
 
@@ -123,14 +134,35 @@ class Node:
         state = self.get(key)
         self._apply(key, state, crdt.delete(self._stamp()))
 
-    def merge(self, key: str, remote: CounterState) -> bool:
-        """Merge state received from another replica; tell whether it changed."""
-        state = self._states.get(key, CounterState())
-        self.clock.observe(crdt.latest_time(remote))
-        if merged_state := _merged_if_changed(state, remote):
-            self._install(key, state, merged_state, remote)
-            return True
-        return False
+    def merge(
+        self, remotes: dict[str, CounterState], origin: str | None, log: bool = True
+    ) -> dict[str, CounterState]:
+        """Merge states received from another replica, stored in one transaction.
+
+        Return the new states of the counters that changed. Deltas that
+        changed something are logged for shipping to other peers, marked
+        with `origin`, the replica they came from, unless `log` is false.
+        """
+        changed: dict[str, tuple[CounterState, CounterState, str]] = {}
+        for key, remote in remotes.items():
+            state = self._states.get(key, CounterState())
+            candidate = state.copy()
+            if candidate.merge(remote):
+                changed[key] = (state, candidate, codec.canonical(candidate))
+            self.clock.observe(crdt.latest_time(remote))
+        if not changed:
+            return {}
+
+        self.store.save_many([(key, text) for key, (_, _, text) in changed.items()])
+        for key, (old, new, text) in changed.items():
+            self._install(key, old, new, text)
+            if log:
+                self.deltas.append(key, remotes[key], origin)
+        return {key: new for key, (_, new, _) in changed.items()}
+
+    def states_of(self, keys: list[str]) -> dict[str, CounterState]:
+        """Return this node's states for `keys`, skipping keys it never saw."""
+        return {key: self._states[key] for key in keys if key in self._states}
 
     def _add(self, key: str, state: CounterState, amount: int) -> CounterState:
         current = state.value
@@ -147,30 +179,20 @@ class Node:
     def _apply(
         self, key: str, state: CounterState, delta: CounterState
     ) -> CounterState:
-        new_state = crdt.merged(state, delta)
-        self._install(key, state, new_state, delta)
-        return new_state
+        new = crdt.merged(state, delta)
+        text = codec.canonical(new)
+        self.store.save(key, text)
+        self._install(key, state, new, text)
+        self.deltas.append(key, delta, None)
+        return new
 
     def _install(
-        self,
-        key: str,
-        old: CounterState,
-        new: CounterState,
-        delta: CounterState,
+        self, key: str, old: CounterState, new: CounterState, text: str
     ) -> None:
-        self.store.save(key, new)
         self._states[key] = new
+        self.digest.update(key, text)
         if old.live != new.live:
             self._listing = None
-        for listener in self.listeners:
-            listener(key, delta)
 
     def _stamp(self) -> Stamp:
         return Stamp(self.clock.now(), self.replica_id)
-
-
-def _merged_if_changed(
-    state: CounterState, remote: CounterState
-) -> CounterState | None:
-    candidate = state.copy()
-    return candidate if candidate.merge(remote) else None

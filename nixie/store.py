@@ -1,10 +1,10 @@
 """Durable storage of a node's counters in SQLite, inside its data dir.
 
-Each counter is one row holding its encoded state. A write is one statement
-in autocommit mode, so by the time `save` returns the transaction is in the
-write-ahead log and survives the node being killed. With `synchronous=NORMAL`
-SQLite does not fsync on every commit: a power cut can lose the last
-transactions, a killed process cannot.
+Each counter is one row holding its canonical encoded state (`nixie.codec`).
+A write is one statement in autocommit mode, so by the time `save` returns
+the transaction is in the write-ahead log and survives the node being
+killed. With `synchronous=NORMAL` SQLite does not fsync on every commit: a
+power cut can lose the last transactions, a killed process cannot.
 
 The data dir is locked while a node uses it, so two processes never share
 one (and so never share a replica id).
@@ -18,8 +18,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from nixie import codec
-from nixie.crdt import CounterState
 from nixie.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -72,38 +70,57 @@ class Store:
         os.close(self._lock_fd)
 
     def replica_id(self) -> str:
-        """Return this data dir's replica id, creating it on first use."""
-        row = self._db.execute(
-            "SELECT value FROM meta WHERE name = 'replica_id'"
-        ).fetchone()
-        if row is not None:
-            return str(row[0])
+        """Return this data dir's replica id, creating one when needed.
 
-        replica = new_replica_id()
-        self._execute(
-            "INSERT INTO meta (name, value) VALUES ('replica_id', ?)", (replica,)
-        )
-        logger.info("new data dir %s: replica id %s", self.data_dir, replica)
-        return replica
+        The id is bound to the database file's identity on disk (device and
+        inode). A data dir that was copied, or restored from a backup, holds
+        a file with another identity, so it gets a fresh replica id instead of
+        writing under the id the original still uses.
+        """
+        where = self._file_identity()
+        rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        replica = rows.get("replica_id")
+        if replica is not None and rows.get("file_identity") == where:
+            return str(replica)
 
-    def load(self) -> Iterator[tuple[str, CounterState]]:
-        """Yield every stored counter's key and state."""
-        for key, text in self._db.execute("SELECT key, state FROM counters"):
-            yield key, codec.decode_state(codec.loads(text))
+        fresh = new_replica_id()
+        if replica is None:
+            logger.info("new data dir %s: replica id %s", self.data_dir, fresh)
+        else:
+            logger.warning(
+                "data dir %s was copied or restored (was replica %s): "
+                "taking fresh replica id %s",
+                self.data_dir,
+                replica,
+                fresh,
+            )
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                    [("replica_id", fresh), ("file_identity", where)],
+                )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
+        return fresh
 
-    def save(self, key: str, state: CounterState) -> None:
-        """Store a counter's state durably before returning."""
-        self._execute(
-            "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)",
-            (key, codec.dumps(codec.encode_state(state))),
-        )
+    def load(self) -> Iterator[tuple[str, str]]:
+        """Yield every stored counter's key and encoded state."""
+        yield from self._db.execute("SELECT key, state FROM counters")
 
-    def save_many(self, states: dict[str, CounterState]) -> None:
-        """Store several states in one transaction."""
-        rows = [
-            (key, codec.dumps(codec.encode_state(state)))
-            for key, state in states.items()
-        ]
+    def save(self, key: str, encoded: str) -> None:
+        """Store a counter's encoded state durably before returning."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)",
+                (key, encoded),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
+
+    def save_many(self, rows: list[tuple[str, str]]) -> None:
+        """Store several counters' encoded states in one transaction."""
         try:
             with self._db:
                 self._db.execute("BEGIN")
@@ -113,11 +130,9 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
 
-    def _execute(self, sql: str, params: tuple[str, ...]) -> None:
-        try:
-            self._db.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
+    def _file_identity(self) -> str:
+        info = (self.data_dir / DB_NAME).stat()
+        return f"{info.st_dev}:{info.st_ino}"
 
 
 def _lock(path: Path) -> int:

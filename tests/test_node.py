@@ -93,7 +93,7 @@ def test_increment_past_the_range_is_refused(node: Node, start: int, step: int) 
 def test_merged_value_past_the_range_may_move_back(node: Node) -> None:
     """After merges carry the value past the range, writes toward it succeed."""
     key, _ = node.create(start=INT64_MAX)
-    node.merge(key, CounterState(increments={"peer": 10}))
+    node.merge({key: CounterState(increments={"peer": 10})}, "peer")
 
     node.update_metadata(key, step=-1)
     node.increment(key)
@@ -147,12 +147,12 @@ def test_merge_of_a_remote_creation_lists_it(make_node: NodeFactory) -> None:
     a, b = make_node("a"), make_node("b")
     key, state = a.create(start=3, name="x")
 
-    changed = b.merge(key, state)
+    changed = b.merge({key: state}, a.replica_id)
 
-    assert changed
+    assert changed == {key: state}
     assert b.listing() == key
     assert b.get(key).value == 3
-    assert not b.merge(key, state)
+    assert b.merge({key: state}, a.replica_id) == {}
 
 
 def test_restart_restores_everything(node: Node) -> None:
@@ -175,7 +175,7 @@ def test_restart_keeps_the_clock_ahead(node: Node) -> None:
     """After a restart, new writes order after the stored ones."""
     key, _ = node.create()
     future = Stamp(node.clock.last + 10**9, "peer")
-    node.merge(key, crdt.update_metadata(future, name="later"))
+    node.merge({key: crdt.update_metadata(future, name="later")}, "peer")
 
     again = reopen(node)
 
@@ -201,7 +201,7 @@ def test_failed_write_changes_nothing(
     """A write that cannot be stored leaves the node as it was."""
     key, _ = node.create(start=1)
 
-    def broken(key: str, state: CounterState) -> None:
+    def broken(key: str, encoded: str) -> None:
         raise StorageError("disk full")
 
     monkeypatch.setattr(node.store, "save", broken)

@@ -1,0 +1,5 @@
+"""Let `python -m nixie` run the CLI."""
+
+from nixie.cli import main
+
+main()

@@ -1,0 +1,335 @@
+"""Anti-entropy: the exchanges that bring every node to the same state.
+
+Each round a node pushes to every due peer the deltas that peer has not
+acknowledged (joined per key, leaving out what came from that peer), with its
+root digest and the peers it knows. The peer merges them and answers with its
+own root digest and whether it has deltas of its own still to send back.
+
+When the roots differ while neither side has anything pending, or when the
+peer is new, restarted, or fell out of the delta log, the node repairs: it
+fetches the peer's bucket digests and exchanges the counters of the buckets
+that differ, both ways, a bounded number per round. An idle cluster therefore
+sends a few hundred bytes per peer per round, whatever the number of counters.
+
+`Gossiper.run_round` is one round as a plain coroutine, so tests drive nodes
+by hand; `Gossiper.run` repeats rounds in the background.
+"""
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nixie import codec
+from nixie.crdt import CounterState
+from nixie.digest import BUCKETS, bucket_of
+from nixie.errors import InvalidInput, NixieError, PeerError
+from nixie.membership import Membership, Peer, normalise_url
+from nixie.node import Node
+
+logger = logging.getLogger(__name__)
+
+PUSH_MAX_KEYS = 2_000  # counters per push; the rest follow next round
+REPAIR_MAX_KEYS = 5_000  # counters per repair call, each way (roughly)
+REPAIR_CALLS_PER_ROUND = 4
+PEERS_MAX = 1_000  # peer URLs accepted in one message
+ID_MAX_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Name one running node: its replica, this start of it, its address."""
+
+    replica: str
+    instance: str
+    url: str
+
+    def encode(self) -> dict[str, str]:
+        """Return the JSON form."""
+        return {"replica": self.replica, "instance": self.instance, "url": self.url}
+
+
+class Gossiper:
+    """Run anti-entropy for one node, as client and as server."""
+
+    def __init__(
+        self,
+        node: Node,
+        membership: Membership,
+        client: httpx.AsyncClient,
+        secret: str | None = None,
+    ) -> None:
+        self.node = node
+        self.membership = membership
+        self.client = client
+        self.identity = Identity(
+            node.replica_id, secrets.token_urlsafe(8), membership.own_url
+        )
+        self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    # Rounds
+
+    async def run_round(self) -> None:
+        """Exchange with every due peer and wait until all exchanges end."""
+        tasks = self.start_round()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def start_round(self) -> list[asyncio.Task[None]]:
+        """Start an exchange with every due peer not already in one."""
+        now = time.monotonic()
+        tasks = []
+        for peer in self.membership.due(now):
+            if peer.url in self._in_flight:
+                continue
+            task = asyncio.create_task(self._exchange(peer))
+            self._in_flight[peer.url] = task
+            task.add_done_callback(functools.partial(self._finished, peer.url))
+            tasks.append(task)
+
+        self.membership.forget_departed(now)
+        self._truncate_log()
+        return tasks
+
+    def _finished(self, url: str, _: asyncio.Task[None]) -> None:
+        self._in_flight.pop(url, None)
+
+    async def run(self, interval: float) -> None:
+        """Start a round every `interval` seconds until cancelled.
+
+        A slow or unreachable peer delays neither the next round nor the
+        exchanges with other peers: each exchange runs as its own task.
+        """
+        try:
+            while True:
+                self.start_round()
+                await asyncio.sleep(interval)
+        finally:
+            for task in list(self._in_flight.values()):
+                task.cancel()
+
+    async def _exchange(self, peer: Peer) -> None:
+        log = self.node.deltas
+        if peer.needs_repair or not log.covers(peer.acked):
+            # The digest comparison below covers everything before now.
+            peer.needs_repair = True
+            deltas: dict[str, CounterState] = {}
+            upto = log.head
+        else:
+            deltas, upto = log.since(peer.acked, peer.replica, PUSH_MAX_KEYS)
+
+        try:
+            reply = await self._post(peer, "/_nixie/gossip", self._push(deltas, upto))
+            their = self._check_identity(peer, reply.get("from"))
+            if their is None:
+                return
+            peer.acked = upto
+            if reply.get("root") != self.node.digest.root and not (
+                reply.get("pending") is True or log.head > upto
+            ):
+                peer.needs_repair = True
+            if peer.needs_repair:
+                await self._repair(peer)
+        except NixieError as exc:
+            self.membership.failed(peer, str(exc), time.monotonic())
+            return
+        self.membership.succeeded(peer)
+
+    def _push(self, deltas: dict[str, CounterState], upto: int) -> dict[str, Any]:
+        return {
+            "from": self.identity.encode(),
+            "upto": upto,
+            "deltas": {key: codec.encode_state(s) for key, s in deltas.items()},
+            "root": self.node.digest.root,
+            "peers": self.membership.advertised(),
+        }
+
+    def _check_identity(self, peer: Peer, data: object) -> Identity | None:
+        their = parse_identity(data)
+        if (their.replica, their.instance) == (
+            self.identity.replica,
+            self.identity.instance,
+        ):
+            self.membership.mark_self(peer.url)
+            return None
+        if peer.instance is not None and peer.instance != their.instance:
+            logger.info(
+                "peer %s restarted (replica %s); repairing", peer.url, their.replica
+            )
+            peer.needs_repair = True
+        peer.replica, peer.instance = their.replica, their.instance
+        return their
+
+    async def _repair(self, peer: Peer) -> None:
+        reply = await self._post(
+            peer, "/_nixie/digest", {"from": self.identity.encode()}
+        )
+        theirs = _integers(reply.get("buckets"), "buckets", 0, 2**64 - 1)
+        if len(theirs) != BUCKETS:
+            raise PeerError(f"peer {peer.url}: {len(theirs)} bucket digests")
+        differing = self.node.digest.differing(theirs)
+
+        for _ in range(REPAIR_CALLS_PER_ROUND):
+            if not differing:
+                break
+            chunk: list[int] = []
+            keys: list[str] = []
+            while differing and len(keys) < REPAIR_MAX_KEYS:
+                chunk.append(differing.pop())
+                keys += self.node.digest.keys_in(chunk[-1:])
+            mine = self.node.states_of(keys)
+            reply = await self._post(
+                peer,
+                "/_nixie/repair",
+                {
+                    "from": self.identity.encode(),
+                    "buckets": chunk,
+                    "states": {k: codec.encode_state(s) for k, s in mine.items()},
+                },
+            )
+            received = parse_states(reply.get("states"), set(chunk))
+            self.node.merge(received, peer.replica, log=False)
+        if not differing:
+            peer.needs_repair = False
+
+    async def _post(self, peer: Peer, path: str, body: dict[str, Any]) -> Any:
+        content = codec.dumps(body).encode()
+        try:
+            response = await self.client.post(
+                peer.url + path, content=content, headers=self._headers
+            )
+        except httpx.HTTPError as exc:
+            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code != 200:
+            raise PeerError(f"{path} answered {response.status_code}: {response.text}")
+        try:
+            return codec.loads(response.content)
+        except InvalidInput as exc:
+            raise PeerError(f"{path}: {exc}") from exc
+
+    def _truncate_log(self) -> None:
+        # Deltas every live peer has merged are no longer needed; a peer that
+        # is down catches up by repair when it returns.
+        active = self.membership.active()
+        log = self.node.deltas
+        log.truncate(min((p.acked for p in active), default=log.head))
+
+    # Serving peers
+
+    def on_push(self, message: object) -> dict[str, Any]:
+        """Merge a peer's push; answer with this node's root and backlog."""
+        data = _object(message)
+        sender = self._accept_sender(data.get("from"))
+        deltas = parse_states(data.get("deltas"), None)
+        peers = data.get("peers", [])
+        if not isinstance(peers, list) or len(peers) > PEERS_MAX:
+            raise InvalidInput("peers: expected a list of URLs")
+
+        self.node.merge(deltas, sender.replica)
+        peer = self.membership.learn(sender.url)
+        for url in peers:
+            if isinstance(url, str):
+                self.membership.learn(url)
+        pending = (
+            peer is None or peer.needs_repair or peer.acked < self.node.deltas.head
+        )
+        return {
+            "from": self.identity.encode(),
+            "root": self.node.digest.root,
+            "pending": pending,
+        }
+
+    def on_digest(self, message: object) -> dict[str, Any]:
+        """Answer with this node's bucket digests."""
+        self._accept_sender(_object(message).get("from"))
+        return {"from": self.identity.encode(), "buckets": self.node.digest.buckets}
+
+    def on_repair(self, message: object) -> dict[str, Any]:
+        """Merge a peer's counters of some buckets; answer with what it lacks."""
+        data = _object(message)
+        sender = self._accept_sender(data.get("from"))
+        buckets = set(_integers(data.get("buckets"), "buckets", 0, BUCKETS - 1))
+        theirs = parse_states(data.get("states"), buckets)
+
+        self.node.merge(theirs, sender.replica, log=False)
+        mine = self.node.states_of(self.node.digest.keys_in(sorted(buckets)))
+        return {
+            "states": {
+                key: codec.encode_state(state)
+                for key, state in mine.items()
+                if theirs.get(key) != state
+            }
+        }
+
+    def _accept_sender(self, data: object) -> Identity:
+        sender = parse_identity(data)
+        if (
+            sender.replica == self.identity.replica
+            and sender.instance != self.identity.instance
+        ):
+            # Two running nodes with one replica id would each overwrite the
+            # other's totals; refuse rather than lose increments.
+            logger.error(
+                "node at %s claims this node's replica id %s",
+                sender.url,
+                sender.replica,
+            )
+            raise InvalidInput(f"from: replica id {sender.replica} is in use here")
+        return sender
+
+
+def parse_identity(data: object) -> Identity:
+    """Read a node's identity from a message, or raise `InvalidInput`."""
+    fields = _object(data, "from")
+    replica, instance, url = (fields.get(k) for k in ("replica", "instance", "url"))
+    for name, value in (("replica", replica), ("instance", instance)):
+        if not isinstance(value, str) or not 0 < len(value) <= ID_MAX_CHARS:
+            raise InvalidInput(f"from.{name}: expected an id")
+    if not isinstance(url, str):
+        raise InvalidInput("from.url: expected a URL")
+    try:
+        url = normalise_url(url)
+    except ValueError as exc:
+        raise InvalidInput(f"from.url: {exc}") from exc
+    return Identity(str(replica), str(instance), url)
+
+
+def parse_states(data: object, buckets: set[int] | None) -> dict[str, CounterState]:
+    """Decode a map of counter states, all or nothing.
+
+    With `buckets` given, every key must fall in one of them.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput("states: expected an object")
+    states = {}
+    for key, encoded in data.items():
+        if not 0 < len(key) <= ID_MAX_CHARS:
+            raise InvalidInput("states: a key must have 1 to 64 characters")
+        if buckets is not None and bucket_of(key) not in buckets:
+            raise InvalidInput(f"states: key {key} is outside the buckets asked for")
+        try:
+            states[key] = codec.decode_state(encoded)
+        except InvalidInput as exc:
+            raise InvalidInput(f"states[{key}]: {exc}") from exc
+    return states
+
+
+def _object(data: object, where: str = "message") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{where}: expected an object")
+    return data
+
+
+def _integers(data: object, where: str, low: int, high: int) -> list[int]:
+    if not isinstance(data, list) or len(data) > BUCKETS:
+        raise InvalidInput(f"{where}: expected a list of at most {BUCKETS} integers")
+    for value in data:
+        if type(value) is not int or not low <= value <= high:
+            raise InvalidInput(f"{where}: {value!r} is not an integer in range")
+    return data
