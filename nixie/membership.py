@@ -60,7 +60,10 @@ def normalise_url(url: str) -> str:
         raise ValueError(f"not an http(s) URL: {url!r}")
     if parts.path or parts.query or parts.fragment:
         raise ValueError(f"a peer URL has no path: {url!r}")
-    parts.port  # noqa: B018  (raises ValueError on a malformed port)
+    try:
+        parts.port  # noqa: B018  (urlsplit checks the port only when asked)
+    except ValueError as exc:
+        raise ValueError(f"bad port in URL {url!r}: {exc}") from None
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
