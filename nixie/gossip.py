@@ -67,11 +67,14 @@ class Gossiper:
         self.node = node
         self.membership = membership
         self.client = client
-        self.identity = Identity(
-            node.replica_id, secrets.token_urlsafe(8), membership.own_url
-        )
+        self._instance = secrets.token_urlsafe(8)
         self._headers = {"Authorization": f"Bearer {secret}"} if secret else {}
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    @property
+    def identity(self) -> Identity:
+        """This node as peers see it; the replica id may change at run time."""
+        return Identity(self.node.replica_id, self._instance, self.membership.own_url)
 
     # Rounds
 
@@ -233,6 +236,8 @@ class Gossiper:
 
         self.node.merge(deltas, sender.replica)
         peer = self.membership.learn(sender.url)
+        if peer is not None:
+            self.membership.heard_from(peer)
         for url in peers:
             if isinstance(url, str):
                 self.membership.learn(url)

@@ -137,6 +137,11 @@ class Membership:
         peer.retry_at = 0.0
         peer.last_error = ""
 
+    def heard_from(self, peer: Peer) -> None:
+        """Note that a peer reached this node: whatever its status, try it now."""
+        if peer.status is not Status.UP:
+            peer.retry_at = 0.0
+
     def failed(self, peer: Peer, error: str, now: float) -> None:
         """Record a failed exchange and schedule the next attempt."""
         peer.failures += 1

@@ -18,7 +18,7 @@ from nixie.deltas import DeltaLog
 from nixie.digest import Digest
 from nixie.errors import OutOfRange, UnknownKey
 from nixie.hlc import HybridClock
-from nixie.store import Store
+from nixie.store import Store, new_replica_id
 from nixie.values import INT64_MAX, INT64_MIN, in_int64
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,16 @@ class Node:
         with `origin`, the replica they came from, unless `log` is false.
         """
         changed: dict[str, tuple[CounterState, CounterState, str]] = {}
+        stale = False
         for key, remote in remotes.items():
             state = self._states.get(key, CounterState())
+            stale = stale or _ahead_of(remote, state, self.replica_id)
             candidate = state.copy()
             if candidate.merge(remote):
                 changed[key] = (state, candidate, codec.canonical(candidate))
             self.clock.observe(crdt.latest_time(remote))
+        if stale:
+            self._take_fresh_replica_id()
         if not changed:
             return {}
 
@@ -194,5 +198,28 @@ class Node:
         if old.live != new.live:
             self._listing = None
 
+    def _take_fresh_replica_id(self) -> None:
+        # Only this replica writes its own totals, so a peer holding larger
+        # ones proves this data dir is older than what the cluster saw of it:
+        # restored from a backup, or copied. Writing on under the same id
+        # would compute totals that merge below the ones peers hold, and lose
+        # those increments; a fresh id keeps every later write apart.
+        fresh = new_replica_id()
+        logger.warning(
+            "peers hold newer writes of replica %s than this data dir: it was "
+            "restored or copied; taking fresh replica id %s",
+            self.replica_id,
+            fresh,
+        )
+        self.store.set_replica_id(fresh)
+        self.replica_id = fresh
+
     def _stamp(self) -> Stamp:
         return Stamp(self.clock.now(), self.replica_id)
+
+
+def _ahead_of(remote: CounterState, local: CounterState, replica: str) -> bool:
+    """Tell whether `remote` holds larger totals of `replica` than `local`."""
+    return remote.increments.get(replica, 0) > local.increments.get(
+        replica, 0
+    ) or remote.decrements.get(replica, 0) > local.decrements.get(replica, 0)

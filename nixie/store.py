@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from nixie.errors import StorageError
 logger = logging.getLogger(__name__)
 
 DB_NAME = "nixie.sqlite3"
+_FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long) on 64-bit Linux
 LOCK_NAME = "nixie.lock"
 
 _SCHEMA = """
@@ -72,10 +74,11 @@ class Store:
     def replica_id(self) -> str:
         """Return this data dir's replica id, creating one when needed.
 
-        The id is bound to the database file's identity on disk (device and
-        inode). A data dir that was copied, or restored from a backup, holds
-        a file with another identity, so it gets a fresh replica id instead of
-        writing under the id the original still uses.
+        The id is bound to the database file's identity on disk (device,
+        inode and inode generation). A data dir that was copied, or restored
+        from a backup, holds a file with another identity, so it gets a fresh
+        replica id instead of writing under the id the original still uses.
+        `Node` backs this up at run time: see `Node.merge`.
         """
         where = self._file_identity()
         rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
@@ -130,9 +133,37 @@ class Store:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
 
+    def set_replica_id(self, replica: str) -> None:
+        """Replace the replica id, for a node that found its data stale."""
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('replica_id', ?)",
+                (replica,),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
+
     def _file_identity(self) -> str:
-        info = (self.data_dir / DB_NAME).stat()
-        return f"{info.st_dev}:{info.st_ino}"
+        path = self.data_dir / DB_NAME
+        info = path.stat()
+        return f"{info.st_dev}:{info.st_ino}:{_inode_generation(path)}"
+
+
+def _inode_generation(path: Path) -> str:
+    """Return the file system's generation number of a file's inode, if any.
+
+    ext4 and others give a reused inode number a new generation, so a file
+    deleted and replaced by a copy (a restore in place) does not pass for the
+    original even when it gets the same inode number. File systems without
+    generations answer nothing, and the device and inode alone decide.
+    """
+    try:
+        with path.open("rb") as file:
+            buffer = bytearray(8)
+            fcntl.ioctl(file.fileno(), _FS_IOC_GETVERSION, buffer)
+    except OSError:
+        return ""
+    return str(int.from_bytes(buffer[:4], sys.byteorder))
 
 
 def _lock(path: Path) -> int:

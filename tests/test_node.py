@@ -1,5 +1,6 @@
 """A node's local operations, its storage and its restart."""
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -209,3 +210,49 @@ def test_failed_write_changes_nothing(
         node.increment(key)
 
     assert node.get(key).value == 1
+
+
+def test_stale_data_dir_takes_a_fresh_replica_id(make_node: NodeFactory) -> None:
+    """A node shown newer writes of its own id than it holds stops using that id."""
+    node = make_node()
+    key, _ = node.create()
+    old_id = node.replica_id
+    node.increment(key)
+    newer = CounterState(increments={old_id: 40})
+
+    node.merge({key: newer}, "peer")
+    node.increment(key)
+
+    assert node.replica_id != old_id
+    assert node.get(key).value == 41
+    assert reopen(node).replica_id == node.replica_id
+
+
+def test_copied_data_dir_takes_a_fresh_replica_id(tmp_path: Path) -> None:
+    """A data dir copied elsewhere opens under a new replica id."""
+    original = Store(tmp_path / "a")
+    replica = original.replica_id()
+    original.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+
+    copy, again = Store(tmp_path / "copy"), Store(tmp_path / "a")
+
+    assert copy.replica_id() != replica
+    assert again.replica_id() == replica
+    copy.close()
+    again.close()
+
+
+def test_data_dir_restored_in_place_takes_a_fresh_replica_id(tmp_path: Path) -> None:
+    """A data dir deleted and replaced by a backup opens under a new replica id."""
+    store = Store(tmp_path / "a")
+    replica = store.replica_id()
+    store.close()
+    shutil.copytree(tmp_path / "a", tmp_path / "backup")
+    shutil.rmtree(tmp_path / "a")
+    shutil.copytree(tmp_path / "backup", tmp_path / "a")
+
+    restored = Store(tmp_path / "a")
+
+    assert restored.replica_id() != replica
+    restored.close()
