@@ -98,6 +98,8 @@ def _status(gossiper: Gossiper) -> dict[str, Any]:
         "replica": gossiper.identity.replica,
         "instance": gossiper.identity.instance,
         "url": gossiper.identity.url,
+        # Equal digests mean equal states: nodes agree on every counter.
+        "digest": f"{node.digest.root:016x}",
         "delta_log": {"head": log.head, "oldest": log.oldest, "size": len(log)},
         "peers": [
             {

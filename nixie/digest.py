@@ -51,6 +51,10 @@ class Digest:
         self.buckets[bucket] ^= old ^ new
         self.root ^= old ^ new
 
+    def counts(self) -> list[int]:
+        """Return how many keys each bucket holds."""
+        return [len(keys) for keys in self._keys]
+
     def keys_in(self, buckets: list[int]) -> list[str]:
         """Return the keys that fall in the given buckets."""
         return [key for bucket in buckets for key in self._keys[bucket]]

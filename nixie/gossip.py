@@ -174,18 +174,24 @@ class Gossiper:
             peer, "/_nixie/digest", {"from": self.identity.encode()}
         )
         theirs = _integers(reply.get("buckets"), "buckets", 0, 2**64 - 1)
-        if len(theirs) != BUCKETS:
-            raise PeerError(f"peer {peer.url}: {len(theirs)} bucket digests")
+        their_counts = _integers(reply.get("counts"), "counts", 0, 2**63)
+        if len(theirs) != BUCKETS or len(their_counts) != BUCKETS:
+            raise PeerError(f"peer {peer.url}: not {BUCKETS} bucket digests")
         differing = self.node.digest.differing(theirs)
+        my_counts = self.node.digest.counts()
 
         for _ in range(REPAIR_CALLS_PER_ROUND):
             if not differing:
                 break
+            # Both sides' counters of the chosen buckets travel, so both
+            # counts bound the size of the request and of the answer.
             chunk: list[int] = []
-            keys: list[str] = []
-            while differing and len(keys) < REPAIR_MAX_KEYS:
-                chunk.append(differing.pop())
-                keys += self.node.digest.keys_in(chunk[-1:])
+            size = 0
+            while differing and size < REPAIR_MAX_KEYS:
+                bucket = differing.pop()
+                chunk.append(bucket)
+                size += max(my_counts[bucket], their_counts[bucket])
+            keys = self.node.digest.keys_in(chunk)
             mine = self.node.states_of(keys)
             reply = await self._post(
                 peer,
@@ -253,7 +259,12 @@ class Gossiper:
     def on_digest(self, message: object) -> dict[str, Any]:
         """Answer with this node's bucket digests."""
         self._accept_sender(_object(message).get("from"))
-        return {"from": self.identity.encode(), "buckets": self.node.digest.buckets}
+        digest = self.node.digest
+        return {
+            "from": self.identity.encode(),
+            "buckets": digest.buckets,
+            "counts": digest.counts(),
+        }
 
     def on_repair(self, message: object) -> dict[str, Any]:
         """Merge a peer's counters of some buckets; answer with what it lacks."""
