@@ -61,6 +61,9 @@ class Store:
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # The data dir lock already keeps other processes out; holding
+            # SQLite's lock for good saves its lock calls on every commit.
+            self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             os.close(self._lock_fd)

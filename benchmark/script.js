@@ -1,0 +1,140 @@
+// Nixie's benchmark workload: increment a random counter, then read it back.
+//
+// NIXIE_URLS is a comma-separated list of base URLs (NIXIE_URL is accepted
+// for a single one). Every request picks one at random, so the same script
+// spreads its load over a cluster. NIXIE_SUMMARY names the JSON file that
+// handleSummary writes for benchmark/run.py.
+
+import http from "k6/http";
+import { check, fail } from "k6";
+import { Trend } from "k6/metrics";
+
+const COUNTERS = 500;
+const SCENARIO = "increment_read";
+
+const BASE_URLS = (__ENV.NIXIE_URLS || __ENV.NIXIE_URL || "http://127.0.0.1:7312")
+  .split(",")
+  .map((url) => url.trim().replace(/\/+$/, ""))
+  .filter((url) => url !== "");
+
+const SUMMARY_PATH = __ENV.NIXIE_SUMMARY || "summary.json";
+
+// The scenario's own wall time: http_reqs' rate divides by the whole run,
+// setup's 500 creations included, which would understate the workload rate.
+const workloadDuration = new Trend("workload_duration", true);
+
+export const options = {
+  scenarios: {
+    [SCENARIO]: {
+      executor: "shared-iterations",
+      vus: 3,
+      iterations: 1000,
+      maxDuration: "2m",
+    },
+  },
+  noConnectionReuse: true,
+  summaryTrendStats: ["avg", "min", "med", "max", "p(90)", "p(95)", "p(99)"],
+  // Thresholds without conditions never fail; they make k6 keep the
+  // scenario-only sub-metrics that handleSummary reports.
+  thresholds: {
+    [`http_reqs{scenario:${SCENARIO}}`]: [],
+    [`http_req_duration{scenario:${SCENARIO}}`]: [],
+    [`http_req_failed{scenario:${SCENARIO}}`]: [],
+  },
+};
+
+function pickBaseUrl() {
+  return BASE_URLS[Math.floor(Math.random() * BASE_URLS.length)];
+}
+
+export function setup() {
+  if (BASE_URLS.length === 0) {
+    fail("NIXIE_URLS names no base URL");
+  }
+
+  const keys = [];
+  for (let i = 0; i < COUNTERS; i++) {
+    const res = http.post(`${BASE_URLS[0]}/`, null);
+    if (!check(res, { "create status 201": (r) => r.status === 201 })) {
+      fail(`POST / answered ${res.status} ${res.error || ""}`);
+    }
+    keys.push(res.body.trim());
+  }
+
+  return { keys, start: Date.now() };
+}
+
+export default function (data) {
+  const key = data.keys[Math.floor(Math.random() * data.keys.length)];
+
+  const incremented = http.post(`${pickBaseUrl()}/${key}`, null);
+  check(incremented, { "increment status 200": (r) => r.status === 200 });
+
+  const read = http.get(`${pickBaseUrl()}/${key}`);
+  check(read, {
+    "read status 200": (r) => r.status === 200,
+    "counter match": (r) => r.body === incremented.body,
+  });
+}
+
+export function teardown(data) {
+  workloadDuration.add(Date.now() - data.start);
+}
+
+function collectChecks(group, into) {
+  for (const c of group.checks) {
+    const seen = into[c.name] || { passes: 0, fails: 0 };
+    seen.passes += c.passes;
+    seen.fails += c.fails;
+    into[c.name] = seen;
+  }
+  for (const sub of group.groups) {
+    collectChecks(sub, into);
+  }
+  return into;
+}
+
+function values(data, name) {
+  const metric = data.metrics[name];
+  return metric ? metric.values : {};
+}
+
+export function handleSummary(data) {
+  const reqs = values(data, `http_reqs{scenario:${SCENARIO}}`);
+  const duration = values(data, `http_req_duration{scenario:${SCENARIO}}`);
+  const failed = values(data, `http_req_failed{scenario:${SCENARIO}}`);
+  const workloadMs = values(data, "workload_duration").max;
+  const rate = reqs.count && workloadMs ? (reqs.count * 1000) / workloadMs : null;
+  const p95 = duration["p(95)"];
+
+  const summary = {
+    base_urls: BASE_URLS,
+    workload: {
+      requests: reqs.count,
+      duration_ms: workloadMs,
+      requests_per_s: rate,
+      http_req_duration_ms: duration,
+      http_req_failed_rate: failed.rate,
+    },
+    whole_run: {
+      test_run_duration_ms: data.state.testRunDurationMs,
+      http_reqs: values(data, "http_reqs"),
+      http_req_duration_ms: values(data, "http_req_duration"),
+    },
+    checks: collectChecks(data.root_group, {}),
+  };
+
+  const lines = [
+    `workload: ${reqs.count || 0} requests, ` +
+      `${rate == null ? "?" : rate.toFixed(1)} req/s, ` +
+      `p95 ${p95 == null ? "?" : p95.toFixed(2)} ms`,
+    ...Object.entries(summary.checks).map(
+      ([name, c]) => `check ${name}: ${c.passes} passed, ${c.fails} failed`,
+    ),
+  ];
+
+  return {
+    stdout: lines.join("\n") + "\n",
+    [SUMMARY_PATH]: JSON.stringify(summary, null, 2),
+  };
+}
