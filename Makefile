@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run lint test bench clean
+.PHONY: install run node lint test bench clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job: a local 3-node cluster on ports 7312-7314, until Ctrl-C.
 run: install
+	$(BIN)/nixie-cli cluster --nodes 3 $(ARGS)
+
+# One node alone on port 7312.
+node: install
 	$(BIN)/nixie-cli $(ARGS)
 
 lint: install
