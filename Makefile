@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run node lint test bench clean
+.PHONY: install run node lint test test-cluster bench clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,6 +30,13 @@ lint: install
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault tier: sets up Docker if needed, builds the images offline, runs
+# the Compose cluster and breaks it in every way the tests describe.
+test-cluster: install
+	bash cluster/setup-docker.sh
+	PYTHON=$(BIN)/python bash cluster/build-image.sh
+	$(BIN)/pytest -m docker integration/faults $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmark.run $(ARGS)

@@ -111,6 +111,8 @@ def create_app(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if background:
+                    await gossiper.flush(settings.peer_timeout)
                 app.state.node.store.close()
 
     app = FastAPI(

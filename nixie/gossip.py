@@ -16,6 +16,7 @@ by hand; `Gossiper.run` repeats rounds in the background.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets
@@ -29,7 +30,7 @@ from nixie import codec
 from nixie.crdt import CounterState
 from nixie.digest import BUCKETS, bucket_of
 from nixie.errors import InvalidInput, NixieError, PeerError
-from nixie.membership import Membership, Peer, normalise_url
+from nixie.membership import Membership, Peer, Status, normalise_url
 from nixie.node import Node
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,35 @@ class Gossiper:
         finally:
             for task in list(self._in_flight.values()):
                 task.cancel()
+
+    async def flush(self, seconds: float) -> bool:
+        """Push what live peers have not acknowledged yet, for up to `seconds`.
+
+        A node that stops gracefully calls this last, so that writes it
+        acknowledged a moment ago are on its peers before it goes, and even
+        losing its disk afterwards loses none of them. Tell whether every
+        live peer caught up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            behind = [
+                peer
+                for peer in self.membership.active()
+                if peer.needs_repair or peer.acked < self.node.deltas.head
+            ]
+            left = deadline - loop.time()
+            if not behind or left <= 0:
+                break
+            for peer in behind:
+                peer.retry_at = 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.run_round(), left)
+            if any(peer.status is not Status.UP for peer in behind):
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        for peer in behind:
+            logger.warning("stopping before peer %s caught up", peer.url)
+        return not behind
 
     async def _exchange(self, peer: Peer) -> None:
         log = self.node.deltas

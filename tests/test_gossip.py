@@ -1,5 +1,6 @@
 """Anti-entropy between in-process nodes, rounds driven by hand."""
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -261,3 +262,30 @@ async def test_wiped_peer_is_repaired(cluster: Cluster, tmp_path: Path) -> None:
     assert fresh.node.replica_id != b.node.replica_id
     assert await value(fresh, key) == 40
     assert fresh_url in a.gossiper.membership.peers
+
+
+async def test_flush_hands_pending_writes_to_peers(cluster: Cluster) -> None:
+    """A stopping node's flush leaves its latest writes on every live peer."""
+    a, b, c = await three(cluster)
+    await cluster.rounds()
+    key = a.node.create(start=1)[0]
+    a.node.increment(key)
+
+    caught_up = await a.gossiper.flush(seconds=5.0)
+
+    assert caught_up
+    assert [2, 2] == [await value(m, key) for m in (b, c)]
+
+
+async def test_flush_gives_up_on_unreachable_peers(cluster: Cluster) -> None:
+    """Flush ends within its time when a peer cannot be reached."""
+    a, b = await cluster.add(), await cluster.add()
+    await cluster.rounds()
+    key = a.node.create()[0]
+    cluster.network.down.add(b.url)
+    started = time.monotonic()
+
+    await a.gossiper.flush(seconds=0.5)
+
+    assert time.monotonic() - started < 1.0
+    assert b.node.state(key) is None
