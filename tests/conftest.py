@@ -2,7 +2,7 @@
 
 import functools
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,6 +13,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from nixie.api import create_app
 from nixie.settings import Settings
+from tests.harness import Cluster, in_process_cluster
 
 with warnings.catch_warnings():
     # Starlette 1.x warns on import that its TestClient would rather run on
@@ -117,3 +118,16 @@ def fetch(client: TestClient) -> Fetch:
         return portal.call(functools.partial(send, method, url, kwargs))
 
     return fetch
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run async tests on asyncio, the loop Nixie runs on."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Yield an in-process cluster with no nodes yet; add them with `add()`."""
+    async with in_process_cluster(tmp_path) as cluster:
+        yield cluster

@@ -1,8 +1,6 @@
 """The `/_nixie/` endpoints: status, and refusal of bad peer requests."""
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -10,22 +8,11 @@ import pytest
 from nixie import codec, crdt
 from nixie.crdt import Stamp
 from nixie.digest import BUCKETS, bucket_of
-from tests.harness import Cluster, InProcessNode, in_process_cluster
+from tests.harness import Cluster, InProcessNode
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "s3cret"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with in_process_cluster(tmp_path) as cluster:
-        yield cluster
 
 
 @pytest.fixture

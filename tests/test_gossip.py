@@ -1,26 +1,14 @@
 """Anti-entropy between in-process nodes, rounds driven by hand."""
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from nixie.membership import Status
-from tests.harness import Cluster, InProcessNode, in_process_cluster
+from tests.harness import Cluster, InProcessNode
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with in_process_cluster(tmp_path) as cluster:
-        yield cluster
 
 
 async def three(cluster: Cluster) -> list[InProcessNode]:
