@@ -19,9 +19,9 @@ install: $(STAMP)
 run: install
 	$(BIN)/nixie-cli cluster --nodes 3 $(ARGS)
 
-# One node alone on port 7312.
+# One node alone on port 7312, with a data dir apart from the cluster's.
 node: install
-	$(BIN)/nixie-cli $(ARGS)
+	$(BIN)/nixie-cli --data-dir nixie-data/single $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -36,10 +36,11 @@ test: lint
 test-cluster: install
 	bash cluster/setup-docker.sh
 	PYTHON=$(BIN)/python bash cluster/build-image.sh
-	$(BIN)/pytest -m docker integration/faults $(PYTEST_ARGS)
+	$(BIN)/pytest -m docker -s integration/faults $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmark.run $(ARGS)
 
+# Removes the virtualenv, caches and nixie-data: every local counter.
 clean:
 	rm -rf $(VENV) nixie-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -33,9 +33,20 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
     tar -C "$rootfs" -c . | docker import -c 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
 fi
 
+# Wheels for the image's Python (Debian bookworm's 3.11), whatever Python the
+# host runs: Nixie itself is pure Python; its dependencies are downloaded as
+# binary wheels for CPython 3.11 on glibc Linux.
 log "building wheels into cluster/wheels"
 rm -rf cluster/wheels
-"$PYTHON" -m pip wheel --quiet --wheel-dir cluster/wheels .
+"$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir cluster/wheels .
+arch=$(uname -m)
+mapfile -t deps < <("$PYTHON" -c '
+import tomllib
+print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
+"$PYTHON" -m pip download --quiet --dest cluster/wheels --only-binary=:all: \
+    --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
+    --platform "manylinux_2_28_$arch" --platform "manylinux_2_17_$arch" \
+    --platform "manylinux2014_$arch" --platform any "${deps[@]}"
 
 log "building nixie:local and nixie-lb:local"
 export DOCKER_BUILDKIT=0
@@ -43,4 +54,4 @@ docker build --quiet -f cluster/Dockerfile -t nixie:local \
     --build-arg BASE_IMAGE="$BASE" --build-arg WHEELS=local . >/dev/null
 docker build --quiet -f cluster/lb.Dockerfile -t nixie-lb:local \
     --build-arg LB_BASE_IMAGE="$BASE" . >/dev/null
-log "done: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' nixie | tr '\n' ' ')"
+log "done: nixie:local and nixie-lb:local"

@@ -319,3 +319,43 @@ def test_set_refuses_oversized_body(
     assert 413 == response.status_code
     assert {} == nixie_headers(response)
     assert "6" == read_value(client, key)
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "headers", "field"),
+    [
+        ("POST", b"100", {}, "body"),
+        ("POST", b"", {"Nixie-Step": "5"}, "Nixie-Step"),
+        ("PUT", b"7", {"Nixie-Name": "n"}, "Nixie-Name"),
+        ("PATCH", b"7", {"Nixie-Name": "n"}, "body"),
+        ("DELETE", b"x", {}, "body"),
+    ],
+)
+def test_input_a_write_would_ignore_is_refused(
+    client: httpx.Client,
+    make_counter: MakeCounter,
+    method: str,
+    content: bytes,
+    headers: dict[str, str],
+    field: str,
+) -> None:
+    """A body or Nixie-* header that a write does not take is refused, not ignored."""
+    key = make_counter(start=3, name="before", step=2)
+
+    response = client.request(method, f"/{key}", content=content, headers=headers)
+
+    assert 400 == response.status_code
+    assert response.text.startswith(f"{field}: ")
+    assert "3" == read_value(client, key)
+    assert {"nixie-name": "before", "nixie-step": "2"} == read_metadata(client, key)
+
+
+def test_trailing_slash_is_not_a_counter(
+    client: httpx.Client, make_counter: MakeCounter
+) -> None:
+    """A key followed by a slash names no counter: 404, not a redirect."""
+    key = make_counter()
+
+    response = client.get(f"/{key}/")
+
+    assert 404 == response.status_code

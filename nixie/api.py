@@ -122,6 +122,8 @@ def create_app(
         openapi_url="/_nixie/openapi.json",
         docs_url="/_nixie/docs",
         redoc_url=None,
+        # `/{key}/` is no counter route: answer 404 rather than redirect.
+        redirect_slashes=False,
     )
     app.add_exception_handler(NixieError, _error_response)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _routing_error)  # type: ignore[arg-type]
@@ -207,7 +209,11 @@ def _add_counter_routes(app: FastAPI) -> None:
         "/{key}", responses={**_text(200, "The value."), **_errors(404, 409, 503)}
     )
     async def increment_counter(request: Request) -> Response:
-        state = _node(request).increment(request.path_params["key"])
+        node = _node(request)
+        key = request.path_params["key"]
+        node.get(key)
+        _refuse_extras(request)
+        state = node.increment(key)
         return _counter_response(state, 200, str(state.value))
 
     @app.put(
@@ -220,6 +226,7 @@ def _add_counter_routes(app: FastAPI) -> None:
         node = _node(request)
         key = request.path_params["key"]
         node.get(key)  # an unknown key is reported before a bad body
+        _refuse_extras(request, body=True)
         value = parse_int64(await _read_body(request, "value"), "value")
         return _counter_response(node.set_value(key, value), 204)
 
@@ -233,13 +240,18 @@ def _add_counter_routes(app: FastAPI) -> None:
         node = _node(request)
         key = request.path_params["key"]
         node.get(key)
+        _refuse_extras(request, meta=True)
         name, description, step = _metadata(request)
         state = node.update_metadata(key, name, description, step)
         return _counter_response(state, 204)
 
     @app.delete("/{key}", status_code=204, responses=_errors(404, 503))
     async def delete_counter(request: Request) -> Response:
-        _node(request).delete(request.path_params["key"])
+        node = _node(request)
+        key = request.path_params["key"]
+        node.get(key)
+        _refuse_extras(request)
+        node.delete(key)
         return Response(status_code=204)
 
     for route in app.routes:
@@ -270,6 +282,21 @@ async def _read_body(request: Request, field: str) -> str:
         raise InvalidInput(f"{field}: not an ASCII integer") from exc
 
 
+def _refuse_extras(request: Request, *, body: bool = False, meta: bool = False) -> None:
+    """Refuse a body or Nixie-* headers sent to a route that would ignore them."""
+    for name, value in request.scope["headers"]:
+        sends_body = name == b"transfer-encoding" or (
+            name == b"content-length" and value.strip() not in (b"", b"0")
+        )
+        if sends_body and not body:
+            raise InvalidInput(f"body: {request.method} takes no body")
+        if name in _META_HEADERS and not meta:
+            raise InvalidInput(
+                f"{_title(name)}: not accepted by {request.method}; "
+                "PATCH changes a counter's metadata"
+            )
+
+
 def _metadata(request: Request) -> tuple[str | None, str | None, int | None]:
     """Read the Nixie-* headers present as raw bytes; absent ones are None."""
     raw: dict[bytes, bytes] = {}
@@ -287,7 +314,9 @@ def _metadata(request: Request) -> tuple[str | None, str | None, int | None]:
         None
         if description is None
         else decode_text(description, "Nixie-Description", DESCRIPTION_MAX_CHARS),
-        None if step is None else parse_int64(step.decode("latin-1"), "Nixie-Step"),
+        None
+        if step is None
+        else parse_int64(step.decode("utf-8", "replace"), "Nixie-Step"),
     )
 
 

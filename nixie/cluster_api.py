@@ -46,6 +46,10 @@ def add_cluster_routes(app: FastAPI, settings: Settings) -> None:
     async def health() -> str:
         return "ok"
 
+    @app.head("/_nixie/health", response_class=PlainTextResponse)
+    async def health_head() -> str:
+        return "ok"
+
     @app.get("/_nixie/cluster")
     async def cluster(request: Request) -> Response:
         return _json(_status(_gossiper(request)))

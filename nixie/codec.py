@@ -22,6 +22,8 @@ from nixie.values import (
     INT64_MAX,
     INT64_MIN,
     NAME_MAX_CHARS,
+    check_id,
+    check_text,
 )
 
 # Per-replica totals grow without bound in principle; this bound keeps a
@@ -29,7 +31,6 @@ from nixie.values import (
 # the largest step would take far longer than any cluster lives.
 TOTAL_MAX = 2**126
 TIME_MAX = 2**63 - 1
-REPLICA_MAX_CHARS = 64
 
 
 def encode_state(state: CounterState) -> dict[str, Any]:
@@ -111,9 +112,7 @@ def _integer(value: object, where: str, low: int, high: int) -> int:
 
 
 def _replica(value: object, where: str) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= REPLICA_MAX_CHARS:
-        raise InvalidInput(f"{where}: expected a replica id")
-    return value
+    return check_id(value, f"{where}: replica id")
 
 
 def _stamp(value: object, where: str) -> Stamp:
@@ -141,9 +140,9 @@ def _text_register(value: object, where: str, max_chars: int) -> Register[str] |
     if value is None:
         return None
     text, stamp = _register_parts(value, where)
-    if not isinstance(text, str) or len(text) > max_chars:
-        raise InvalidInput(f"{where}: expected text of at most {max_chars} chars")
-    return Register(text, stamp)
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where}: expected text")
+    return Register(check_text(text, where, max_chars), stamp)
 
 
 def _step_register(value: object) -> Register[int] | None:

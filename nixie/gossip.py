@@ -32,6 +32,7 @@ from nixie.digest import BUCKETS, bucket_of
 from nixie.errors import InvalidInput, NixieError, PeerError
 from nixie.membership import Membership, Peer, Status, normalise_url
 from nixie.node import Node
+from nixie.values import check_id
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ PUSH_MAX_KEYS = 2_000  # counters per push; the rest follow next round
 REPAIR_MAX_KEYS = 5_000  # counters per repair call, each way (roughly)
 REPAIR_CALLS_PER_ROUND = 4
 PEERS_MAX = 1_000  # peer URLs accepted in one message
-ID_MAX_CHARS = 64
+URL_MAX_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +276,7 @@ class Gossiper:
         if peer is not None:
             self.membership.heard_from(peer)
         for url in peers:
-            if isinstance(url, str):
+            if isinstance(url, str) and url.isascii() and len(url) <= URL_MAX_CHARS:
                 self.membership.learn(url)
         pending = (
             peer is None or peer.needs_repair or peer.acked < self.node.deltas.head
@@ -333,17 +334,16 @@ class Gossiper:
 def parse_identity(data: object) -> Identity:
     """Read a node's identity from a message, or raise `InvalidInput`."""
     fields = _object(data, "from")
-    replica, instance, url = (fields.get(k) for k in ("replica", "instance", "url"))
-    for name, value in (("replica", replica), ("instance", instance)):
-        if not isinstance(value, str) or not 0 < len(value) <= ID_MAX_CHARS:
-            raise InvalidInput(f"from.{name}: expected an id")
-    if not isinstance(url, str):
-        raise InvalidInput("from.url: expected a URL")
+    replica = check_id(fields.get("replica"), "from.replica")
+    instance = check_id(fields.get("instance"), "from.instance")
+    url = fields.get("url")
+    if not isinstance(url, str) or not url.isascii() or len(url) > URL_MAX_CHARS:
+        raise InvalidInput("from.url: expected an http(s) URL")
     try:
         url = normalise_url(url)
     except ValueError as exc:
         raise InvalidInput(f"from.url: {exc}") from exc
-    return Identity(str(replica), str(instance), url)
+    return Identity(replica, instance, url)
 
 
 def parse_states(data: object, buckets: set[int] | None) -> dict[str, CounterState]:
@@ -355,8 +355,7 @@ def parse_states(data: object, buckets: set[int] | None) -> dict[str, CounterSta
         raise InvalidInput("states: expected an object")
     states = {}
     for key, encoded in data.items():
-        if not 0 < len(key) <= ID_MAX_CHARS:
-            raise InvalidInput("states: a key must have 1 to 64 characters")
+        check_id(key, "states: key")
         if buckets is not None and bucket_of(key) not in buckets:
             raise InvalidInput(f"states: key {key} is outside the buckets asked for")
         try:

@@ -36,6 +36,10 @@ class HybridClock:
         self._wall = wall
         self._last = 0
 
+    def wall(self) -> int:
+        """Read the wall clock this clock follows, in milliseconds."""
+        return self._wall()
+
     @property
     def last(self) -> int:
         """The largest timestamp issued or observed so far."""

@@ -12,11 +12,11 @@ import base64
 import logging
 import secrets
 
-from nixie import codec, crdt
+from nixie import codec, crdt, hlc
 from nixie.crdt import CounterState, Stamp
 from nixie.deltas import DeltaLog
 from nixie.digest import Digest
-from nixie.errors import OutOfRange, UnknownKey
+from nixie.errors import InvalidInput, OutOfRange, UnknownKey
 from nixie.hlc import HybridClock
 from nixie.store import Store, new_replica_id
 from nixie.values import INT64_MAX, INT64_MIN, in_int64
@@ -24,6 +24,8 @@ from nixie.values import INT64_MAX, INT64_MIN, in_int64
 logger = logging.getLogger(__name__)
 
 KEY_CHARS = 21
+# How far ahead of this node's clock a peer's timestamps may be.
+MAX_CLOCK_AHEAD_MS = 60 * 60 * 1000
 
 
 def new_key() -> str:
@@ -143,6 +145,7 @@ class Node:
         changed something are logged for shipping to other peers, marked
         with `origin`, the replica they came from, unless `log` is false.
         """
+        _refuse_far_future(remotes, self.clock.wall())
         changed: dict[str, tuple[CounterState, CounterState, str]] = {}
         stale = False
         for key, remote in remotes.items():
@@ -223,3 +226,18 @@ def _ahead_of(remote: CounterState, local: CounterState, replica: str) -> bool:
     return remote.increments.get(replica, 0) > local.increments.get(
         replica, 0
     ) or remote.decrements.get(replica, 0) > local.decrements.get(replica, 0)
+
+
+def _refuse_far_future(remotes: dict[str, CounterState], wall_millis: int) -> None:
+    """Refuse states stamped further ahead of this node's clock than any skew.
+
+    Merging such a stamp would drag this node's clock (and every later write
+    of it) to that time; a stamp near the top of the range would exhaust it.
+    """
+    limit = hlc.from_millis(wall_millis + MAX_CLOCK_AHEAD_MS)
+    for key, remote in remotes.items():
+        if crdt.latest_time(remote) > limit:
+            raise InvalidInput(
+                f"states[{key}]: a timestamp is more than "
+                f"{MAX_CLOCK_AHEAD_MS // 60_000} minutes ahead of this node's clock"
+            )

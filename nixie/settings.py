@@ -4,6 +4,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixie.membership import normalise_url
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7312
 DEFAULT_DATA_DIR = Path("nixie-data")
@@ -60,6 +62,8 @@ class Settings:
             raise ValueError("delta capacity must be at least 1")
         if self.peers_dns is not None:
             self.dns_target()
+        for url in (*self.peers, *filter(None, [self.advertise_url])):
+            normalise_url(url)  # raises ValueError naming the bad URL
 
     def own_url(self) -> str:
         """Return the URL peers reach this node at."""

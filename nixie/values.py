@@ -22,6 +22,8 @@ _ASCII_SPACE = " \t\r\n\x0b\x0c"
 # C0 controls, DEL and the C1 controls: HTTP cannot carry most of them, and
 # none belongs in a name. Tabs too, so that what is stored is what is shown.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Keys and replica ids: URL-safe, and safe in a path, a header and a log line.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def parse_int64(text: str, field: str) -> int:
@@ -51,14 +53,29 @@ def decode_text(raw: bytes, field: str, max_chars: int) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{field}: not valid UTF-8") from exc
+    return check_text(text, field, max_chars)
 
+
+def check_text(text: str, field: str, max_chars: int) -> str:
+    """Return `text` if it is a valid name or description, else raise."""
     if _CONTROL.search(text):
         raise InvalidInput(f"{field}: control characters are not allowed")
     if len(text) > max_chars:
         raise InvalidInput(
             f"{field}: {len(text)} characters, at most {max_chars} allowed"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates, from JSON escapes
+        raise InvalidInput(f"{field}: not valid Unicode text") from exc
     return text
+
+
+def check_id(value: object, field: str) -> str:
+    """Return `value` if it is a key or replica id, else raise `InvalidInput`."""
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:
+        raise InvalidInput(f"{field}: expected 1 to 64 characters of A-Z a-z 0-9 _ -")
+    return value
 
 
 def in_int64(value: int) -> bool:

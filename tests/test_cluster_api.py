@@ -192,3 +192,42 @@ async def test_a_clone_of_this_replica_is_refused(guarded: InProcessNode) -> Non
 
     assert response.status_code == 400
     assert "in use here" in response.text
+
+
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        {"k1": {**good_state(), "c": [2**63 - 1, "peer-replica"]}},
+        {"k1": {**good_state(), "name": ["x\r\nSet-Cookie: a=b", 1, "r"]}},
+        {"k1": {**good_state(), "name": ["a\x00b", 1, "r"]}},
+        {"k1": {**good_state(), "desc": ["\ud800", 1, "r"]}},
+        {"line1\nline2": good_state()},
+        {"a/b": good_state()},
+        {"ctl\x01": good_state()},
+        {"\ud800": good_state()},
+        {"k1": {"p": {"bad id": 1}, "c": [1, "r"]}},
+    ],
+)
+async def test_poisonous_states_are_refused(
+    guarded: InProcessNode, deltas: dict[str, object]
+) -> None:
+    """States a client could never have made are refused, not replicated."""
+    before = guarded.node.digest.root
+
+    response = await post(guarded, "/_nixie/gossip", push(**deltas))
+
+    assert response.status_code == 400, response.text
+    assert before == guarded.node.digest.root
+    assert guarded.node.create()[1].live
+
+
+async def test_future_stamp_does_not_move_the_clock(guarded: InProcessNode) -> None:
+    """A stamp far in the future is refused and leaves the node's clock alone."""
+    clock_before = guarded.node.clock.last
+    future = {**good_state(), "c": [guarded.node.clock.last * 2, "peer-replica"]}
+
+    response = await post(guarded, "/_nixie/gossip", push(k1=future))
+
+    assert response.status_code == 400
+    assert "ahead of this node's clock" in response.text
+    assert guarded.node.clock.now() < clock_before * 2

@@ -85,3 +85,51 @@ def test_local_cluster_serves_converges_and_stops(tmp_path: Path) -> None:
     for url in urls:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{url}/_nixie/health", timeout=1.0)
+
+
+def test_a_node_that_cannot_start_stops_the_cluster(tmp_path: Path) -> None:
+    """When one node cannot bind its port, the launcher stops all and fails."""
+    base = free_run_of_ports(3)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 2))
+        squatter.listen()
+        result = subprocess.run(
+            [str(nixie_cli()), "cluster", "--base-port", str(base),
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, env=child_env(), cwd=tmp_path,
+            timeout=DEADLINE, check=False,
+        )  # fmt: skip
+
+    assert result.returncode != 0
+    assert "node3 exited with status" in result.stdout
+    assert "stopping all nodes" in result.stdout
+
+
+def test_nodes_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    """SIGKILL of the launcher leaves no node running."""
+    base = free_run_of_ports(3)
+    urls = [f"http://127.0.0.1:{base + i}" for i in range(3)]
+    process = subprocess.Popen(
+        [str(nixie_cli()), "cluster", "--base-port", str(base),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: all(
+                httpx.get(f"{u}/_nixie/health").status_code == 200 for u in urls
+            ),
+            "all nodes answering",
+        )
+    finally:
+        process.kill()
+        process.wait()
+
+    def all_gone() -> bool:
+        for url in urls:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"{url}/_nixie/health", timeout=0.5)
+                return False
+        return True
+
+    wait_for(all_gone, "every node stopping")
