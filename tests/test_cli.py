@@ -146,8 +146,26 @@ def test_help_names_every_environment_variable(tmp_path: Path, flag: str) -> Non
 
 @pytest.mark.parametrize(
     "args",
-    [["--bogus"], ["-p", "abc"], ["-p", "70000"], ["--port"]],
-    ids=["unknown", "not-a-number", "out-of-range", "missing-value"],
+    [
+        ["--bogus"],
+        ["-p", "abc"],
+        ["-p", "70000"],
+        ["--port"],
+        ["--peers", "localhost:7313"],
+        ["--peers", "ftp://x"],
+        ["--peers-dns", "nocolon"],
+        ["--gossip-interval", "3"],
+    ],
+    ids=[
+        "unknown",
+        "not-a-number",
+        "out-of-range",
+        "missing-value",
+        "peer-without-scheme",
+        "peer-not-http",
+        "dns-without-port",
+        "timeout-below-interval",
+    ],
 )
 def test_bad_option_is_one_line_and_status_2(tmp_path: Path, args: list[str]) -> None:
     """A usage error prints exactly one line on stderr and exits with status 2."""
