@@ -159,7 +159,7 @@ class Gossiper:
             deltas, upto = log.since(peer.acked, peer.replica, PUSH_MAX_KEYS)
 
         try:
-            reply = await self._post(peer, "/_nixie/gossip", self._push(deltas, upto))
+            reply = await self._post(peer, "/_nixie/gossip", self._push(deltas))
             their = self._check_identity(peer, reply.get("from"))
             if their is None:
                 return
@@ -173,12 +173,17 @@ class Gossiper:
         except NixieError as exc:
             self.membership.failed(peer, str(exc), time.monotonic())
             return
+        except Exception as exc:
+            # A bug must not end this peer's exchanges for good: log it with
+            # its traceback, count a failure, and try again later.
+            logger.exception("exchange with peer %s failed", peer.url)
+            self.membership.failed(peer, f"internal error: {exc!r}", time.monotonic())
+            return
         self.membership.succeeded(peer)
 
-    def _push(self, deltas: dict[str, CounterState], upto: int) -> dict[str, Any]:
+    def _push(self, deltas: dict[str, CounterState]) -> dict[str, Any]:
         return {
             "from": self.identity.encode(),
-            "upto": upto,
             "deltas": {key: codec.encode_state(s) for key, s in deltas.items()},
             "root": self.node.digest.root,
             "peers": self.membership.advertised(),
@@ -238,7 +243,9 @@ class Gossiper:
         if not differing:
             peer.needs_repair = False
 
-    async def _post(self, peer: Peer, path: str, body: dict[str, Any]) -> Any:
+    async def _post(
+        self, peer: Peer, path: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         content = codec.dumps(body).encode()
         try:
             response = await self.client.post(
@@ -249,7 +256,7 @@ class Gossiper:
         if response.status_code != 200:
             raise PeerError(f"{path} answered {response.status_code}: {response.text}")
         try:
-            return codec.loads(response.content)
+            return _object(codec.loads(response.content), path)
         except InvalidInput as exc:
             raise PeerError(f"{path}: {exc}") from exc
 

@@ -28,7 +28,7 @@ def sender(replica: str = "peer-replica") -> dict[str, str]:
 
 
 def push(**deltas: object) -> dict[str, object]:
-    return {"from": sender(), "upto": 1, "deltas": deltas, "root": 0, "peers": []}
+    return {"from": sender(), "deltas": deltas, "root": 0, "peers": []}
 
 
 def good_state() -> dict[str, object]:

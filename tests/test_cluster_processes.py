@@ -568,7 +568,7 @@ def _intruding_message(path: str, key: str) -> dict[str, Any]:
     sender = {"replica": "intruder", "instance": "i1", "url": f"http://{HOST}:9"}
     if path == "/_nixie/repair":
         return {"from": sender, "buckets": [bucket_of(key)], "states": {key: state}}
-    return {"from": sender, "upto": 1, "deltas": {key: state}, "root": 0, "peers": []}
+    return {"from": sender, "deltas": {key: state}, "root": 0, "peers": []}
 
 
 @pytest.mark.parametrize("path", ["/_nixie/gossip", "/_nixie/repair"])
