@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run node lint test test-cluster bench clean
+.PHONY: install run node lint test test-cluster bench bench-cluster bench-compose clean
 
 # The virtualenv is rebuilt whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -40,6 +40,16 @@ test-cluster: install
 
 bench: install
 	$(BIN)/python -m benchmark.run $(ARGS)
+
+# Convergence after bursts, then k6 on one node and across a local 3-node cluster.
+bench-cluster: install
+	$(BIN)/python -m benchmark.convergence
+	$(BIN)/python -m benchmark.cluster_k6 $(ARGS)
+
+# k6 against the Docker Compose cluster: its three nodes, then its balancer.
+bench-compose: install
+	docker compose up -d --wait
+	$(BIN)/python -m benchmark.compose_k6 $(ARGS)
 
 # Removes the virtualenv, caches and nixie-data: every local counter.
 clean:

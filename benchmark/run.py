@@ -200,11 +200,22 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_k6(url: str, workdir: Path) -> dict[str, Any]:
-    """Run the k6 script against a base URL and return its JSON summary."""
+def run_k6(
+    url: str, workdir: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run the k6 script against base URLs and return its JSON summary.
+
+    url is one base URL or several, comma-separated; extra_env adds to the
+    script's environment.
+    """
     summary_path = workdir / "summary.json"
     log = workdir / "k6.log"
-    env = {**os.environ, "NIXIE_URLS": url, "NIXIE_SUMMARY": str(summary_path)}
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "NIXIE_URLS": url,
+        "NIXIE_SUMMARY": str(summary_path),
+    }
     command = [find_executable("k6"), "run", "--quiet", "--no-usage-report"]
 
     with log.open("wb") as out:
@@ -240,6 +251,16 @@ def measure(target: str) -> dict[str, Any]:
             summary = run_k6(url, workdir)
             cpu_after = cpu_seconds(proc.pid)
 
+    cpu_used = None
+    if cpu_before is not None and cpu_after is not None:
+        cpu_used = cpu_after - cpu_before
+    return run_figures(target, summary, cpu_used)
+
+
+def run_figures(
+    target: str, summary: dict[str, Any], cpu_used: float | None
+) -> dict[str, Any]:
+    """Return one run's figures from k6's summary and the server CPU seconds."""
     workload = summary["workload"]
     rate = workload["requests_per_s"]
     p95 = workload["http_req_duration_ms"].get("p(95)")
@@ -250,8 +271,8 @@ def measure(target: str) -> dict[str, Any]:
     # processes compete for the two cores; it covers setup's requests too.
     requests = summary["whole_run"]["http_reqs"]["count"]
     cpu_ms = None
-    if cpu_before is not None and cpu_after is not None and requests:
-        cpu_ms = 1000.0 * (cpu_after - cpu_before) / requests
+    if cpu_used is not None and requests:
+        cpu_ms = 1000.0 * cpu_used / requests
 
     return {
         "requests_per_s": rate,

@@ -6,13 +6,20 @@
 // handleSummary writes for benchmark/run.py.
 
 import http from "k6/http";
-import { check, fail } from "k6";
-import { Trend } from "k6/metrics";
+import { check, fail, sleep } from "k6";
+import { Rate, Trend } from "k6/metrics";
 
 const COUNTERS = 500;
 const SCENARIO = "increment_read";
+const REPLICATION_WAIT_MS = 30000; // setup's bound on waiting for gossip
+const REPLICATION_POLL_S = 0.05;
 
 const BASE_URLS = (__ENV.NIXIE_URLS || __ENV.NIXIE_URL || "http://127.0.0.1:7312")
+  .split(",")
+  .map((url) => url.trim().replace(/\/+$/, ""))
+  .filter((url) => url !== "");
+
+const AWAIT_URLS = (__ENV.NIXIE_AWAIT_URLS || BASE_URLS.join(","))
   .split(",")
   .map((url) => url.trim().replace(/\/+$/, ""))
   .filter((url) => url !== "");
@@ -22,6 +29,12 @@ const SUMMARY_PATH = __ENV.NIXIE_SUMMARY || "summary.json";
 // The scenario's own wall time: http_reqs' rate divides by the whole run,
 // setup's 500 creations included, which would understate the workload rate.
 const workloadDuration = new Trend("workload_duration", true);
+
+// Across a cluster a read on another node than the increment's may lag by up
+// to a gossip round; splitting the matches by where the read went tells that
+// lag apart from two virtual users racing on one key.
+const matchSameNode = new Rate("counter_match_same_node");
+const matchOtherNode = new Rate("counter_match_other_node");
 
 export const options = {
   scenarios: {
@@ -60,21 +73,50 @@ export function setup() {
     }
     keys.push(res.body.trim());
   }
+  awaitReplication(keys);
 
   return { keys, start: Date.now() };
+}
+
+// Only the node behind the first URL saw each creation, and another node
+// answers 404 for a key until gossip brings it there: wait until every node
+// lists every key. NIXIE_AWAIT_URLS names the nodes when NIXIE_URLS is a load
+// balancer; it defaults to NIXIE_URLS.
+function awaitReplication(keys) {
+  const deadline = Date.now() + REPLICATION_WAIT_MS;
+  for (const url of AWAIT_URLS) {
+    for (;;) {
+      const res = http.get(`${url}/`);
+      if (res.status === 200) {
+        const listed = new Set(res.body.split("\n"));
+        if (keys.every((key) => listed.has(key))) {
+          break;
+        }
+      }
+      if (Date.now() > deadline) {
+        fail(`${url} did not list all ${keys.length} keys within ${REPLICATION_WAIT_MS} ms`);
+      }
+      sleep(REPLICATION_POLL_S);
+    }
+  }
 }
 
 export default function (data) {
   const key = data.keys[Math.floor(Math.random() * data.keys.length)];
 
-  const incremented = http.post(`${pickBaseUrl()}/${key}`, null);
+  const writeUrl = pickBaseUrl();
+  const incremented = http.post(`${writeUrl}/${key}`, null);
   check(incremented, { "increment status 200": (r) => r.status === 200 });
 
-  const read = http.get(`${pickBaseUrl()}/${key}`);
+  const readUrl = pickBaseUrl();
+  const read = http.get(`${readUrl}/${key}`);
   check(read, {
     "read status 200": (r) => r.status === 200,
     "counter match": (r) => r.body === incremented.body,
   });
+  (readUrl === writeUrl ? matchSameNode : matchOtherNode).add(
+    read.body === incremented.body,
+  );
 }
 
 export function teardown(data) {
@@ -97,6 +139,11 @@ function collectChecks(group, into) {
 function values(data, name) {
   const metric = data.metrics[name];
   return metric ? metric.values : {};
+}
+
+function matches(data, name) {
+  const rate = values(data, name);
+  return { passes: rate.passes || 0, fails: rate.fails || 0 };
 }
 
 export function handleSummary(data) {
@@ -122,6 +169,10 @@ export function handleSummary(data) {
       http_req_duration_ms: values(data, "http_req_duration"),
     },
     checks: collectChecks(data.root_group, {}),
+    counter_match_by_read_node: {
+      same: matches(data, "counter_match_same_node"),
+      other: matches(data, "counter_match_other_node"),
+    },
   };
 
   const lines = [
@@ -132,6 +183,13 @@ export function handleSummary(data) {
       ([name, c]) => `check ${name}: ${c.passes} passed, ${c.fails} failed`,
     ),
   ];
+  if (BASE_URLS.length > 1) {
+    for (const [where, c] of Object.entries(summary.counter_match_by_read_node)) {
+      lines.push(
+        `counter match, read on ${where} node: ${c.passes} passed, ${c.fails} failed`,
+      );
+    }
+  }
 
   return {
     stdout: lines.join("\n") + "\n",

@@ -1,0 +1,245 @@
+"""Run the k6 workload across a local 3-node cluster and on one node alone.
+
+Run it from the repository root as ``python -m benchmark.cluster_k6``. Each
+round measures one fresh Nixie node, as ``benchmark.run`` does, and a fresh
+cluster of three nodes with every request of ``benchmark/script.js`` sent to
+a random node, alternating the order from round to round; the table shows
+the medians. Server CPU per request sums the CPU of all three nodes, gossip
+included.
+
+A read on another node than the increment's misses that increment until the
+next gossip round has carried it there, so the cluster's `counter match`
+misses measure replication lag; they are reported split by where the read
+went, and are not an error.
+"""
+
+import argparse
+import datetime
+import json
+import logging
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmark.local_cluster import (
+    DEFAULT_GOSSIP_INTERVAL,
+    DEFAULT_NODES,
+    ClusterNode,
+    running_cluster,
+)
+from benchmark.run import (
+    BUSY_LOAD,
+    RESULTS_DIR,
+    BenchmarkError,
+    aggregate,
+    cell,
+    cpu_seconds,
+    failed_status_checks,
+    format_table,
+    machine,
+    measure,
+    run_figures,
+    run_k6,
+)
+
+logger = logging.getLogger(__name__)
+
+SINGLE = "1 node"
+CLUSTER = f"{DEFAULT_NODES} nodes"
+READ_PLACES = ("same", "other")  # read on the increment's node, or another
+
+
+def total_cpu_seconds(nodes: list[ClusterNode]) -> float | None:
+    """Return the CPU time all nodes have used, if Linux tells for each."""
+    used = [cpu_seconds(node.process.pid) for node in nodes]
+    return sum(u for u in used if u is not None) if None not in used else None
+
+
+def measure_cluster(gossip_interval: float) -> dict[str, Any]:
+    """Start a fresh cluster, run the workload across it once, and stop it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="nixie-bench-cluster-") as tmp,
+        running_cluster(Path(tmp), gossip_interval=gossip_interval) as nodes,
+    ):
+        before = total_cpu_seconds(nodes)
+        summary = run_k6(",".join(node.url for node in nodes), Path(tmp))
+        after = total_cpu_seconds(nodes)
+
+    cpu_used = after - before if before is not None and after is not None else None
+    return run_figures(CLUSTER, summary, cpu_used)
+
+
+def measure_target(target: str, gossip_interval: float) -> dict[str, Any]:
+    """Run the workload once against a fresh single node or cluster."""
+    run = measure("nixie") if target == SINGLE else measure_cluster(gossip_interval)
+    by_place = run["k6_summary"].get("counter_match_by_read_node", {})
+    run["counter_match_by_read_node"] = {
+        place: by_place.get(place, {"passes": 0, "fails": 0}) for place in READ_PLACES
+    }
+    return run
+
+
+def run_rounds(rounds: int, gossip_interval: float) -> dict[str, list[dict[str, Any]]]:
+    """Measure both targets once per round and return every run, by target."""
+    targets = [SINGLE, CLUSTER]
+    runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
+
+    # Alternate the order, so a machine that drifts favours neither target.
+    for round_no in range(1, rounds + 1):
+        for target in targets if round_no % 2 else targets[::-1]:
+            started = time.monotonic()
+            run = measure_target(target, gossip_interval)
+            runs[target].append({"round": round_no, **run})
+            logger.info(
+                "round %d/%d %s: %.1f req/s, p95 %.2f ms, CPU %s ms/req (%.1f s)",
+                round_no,
+                rounds,
+                target,
+                run["requests_per_s"],
+                run["p95_ms"],
+                cell(run["server_cpu_ms_per_request"], ".3f"),
+                time.monotonic() - started,
+            )
+
+    return runs
+
+
+def aggregate_target(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reduce a target's rounds like benchmark.run, adding matches by read node."""
+    result = aggregate(runs)
+    result["counter_match_by_read_node"] = {
+        place: {
+            outcome: sum(r["counter_match_by_read_node"][place][outcome] for r in runs)
+            for outcome in ("passes", "fails")
+        }
+        for place in READ_PLACES
+    }
+    return result
+
+
+def misses(counts: dict[str, int]) -> str:
+    """Describe a pass and fail count as misses of tries, with the percentage."""
+    tried = counts["passes"] + counts["fails"]
+    if not tried:
+        return "none tried"
+    return f"{counts['fails']} of {tried} ({100.0 * counts['fails'] / tried:.2f} %)"
+
+
+def format_report(results: dict[str, dict[str, Any]]) -> str:
+    """Lay out the medians, the cluster/single ratios and the matches by read node."""
+    lines = [format_table(results)]
+    single, cluster = results[SINGLE], results[CLUSTER]
+    ratio = []
+    for figure in ("requests_per_s", "p95_ms", "server_cpu_ms_per_request"):
+        numerator, denominator = cluster[figure], single[figure]
+        ratio.append(numerator / denominator if numerator and denominator else None)
+    lines.append(
+        f"{'3n/1n':<11}{cell(ratio[0], '.2f'):>9}{cell(ratio[1], '.2f'):>9}"
+        f"{cell(ratio[2], '.2f'):>12}"
+    )
+
+    lines.append("\ncounter match misses, by the node the read went to:")
+    for target, agg in results.items():
+        by_place = agg["counter_match_by_read_node"]
+        lines.append(
+            f"  {target:<8} same node: {misses(by_place['same'])}; "
+            f"other node: {misses(by_place['other'])}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark.cluster_k6", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="runs per target, alternated; the table shows medians (default 3)",
+    )
+    parser.add_argument(
+        "--gossip-interval",
+        type=float,
+        default=DEFAULT_GOSSIP_INTERVAL,
+        help=f"seconds between the cluster's gossip rounds "
+        f"(default {DEFAULT_GOSSIP_INTERVAL})",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON file for the raw figures "
+        "(default benchmark/results/cluster-k6-<UTC time>.json)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.gossip_interval <= 0:
+        parser.error("--gossip-interval must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, save the figures; return the exit code.
+
+    Exit 0 when every status check passed, 1 when one failed, 2 when a server
+    or k6 could not be run, 130 when interrupted.
+    """
+    args = parse_args(argv)
+    # `timeout` and supervisors send SIGTERM: unwind as on Ctrl-C, so the
+    # nodes started here are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    # httpx logs every readiness poll at INFO; those lines drown the rounds.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    host = machine()
+    if host["load_average_1min_at_start"] > BUSY_LOAD:
+        logger.warning(
+            "load average is %.2f on %d cores: expect noisy figures",
+            host["load_average_1min_at_start"],
+            host["cores"],
+        )
+
+    try:
+        runs = run_rounds(args.rounds, args.gossip_interval)
+    except BenchmarkError as exc:
+        logger.error("benchmark failed: %s", exc)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; every node started was stopped")
+        return 130
+
+    results = {target: aggregate_target(rounds) for target, rounds in runs.items()}
+    print(format_report(results))
+
+    report = {
+        "machine": host,
+        "rounds": args.rounds,
+        "gossip_interval_s": args.gossip_interval,
+        "results": results,
+        "runs": runs,
+    }
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = args.output or RESULTS_DIR / f"cluster-k6-{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"raw figures: {output}")
+
+    broken = failed_status_checks(results)
+    if broken:
+        logger.error("checks failed: %s", broken)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
