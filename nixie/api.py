@@ -6,11 +6,23 @@ running them on the event loop avoids a thread-pool hop per request, and
 skipping FastAPI's parameter injection keeps the hot path short. The routes
 still declare their parameters and responses so that the app's own OpenAPI
 document matches the contract.
+
+Three request headers reach beyond this node; requests without them never
+wait on another node:
+
+- `Idempotency-Key` on a write: an attempt already made under that key, here
+  or on any node gossip has reached, is answered from its receipt, marked
+  `Nixie-Replay: true`, and not applied again (see `nixie.node`).
+- `Nixie-Context`: the token of an earlier answer; the node pulls what it
+  lacks of the counter from its peers before answering, or answers 503.
+- `Nixie-Consistency: quorum | all`: a read merges the counter from that many
+  nodes first; a write is acknowledged once that many nodes merged it.
 """
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,24 +33,28 @@ from starlette.exceptions import HTTPException
 
 from nixie import __version__
 from nixie.cluster_api import add_cluster_routes
-from nixie.crdt import DEFAULT_STEP, CounterState
+from nixie.context import ContextCodec, satisfies
+from nixie.crdt import DEFAULT_STEP, CounterState, Receipt
 from nixie.errors import (
     BodyTooLarge,
+    IdempotencyConflict,
     InvalidInput,
     NixieError,
     OutOfRange,
     StorageError,
     Unauthorized,
+    Unavailable,
     UnknownKey,
 )
 from nixie.gossip import Gossiper
 from nixie.membership import Membership, watch_dns
-from nixie.node import Node
+from nixie.node import Idempotency, Node
 from nixie.settings import Settings
 from nixie.store import Store
 from nixie.values import (
     DESCRIPTION_MAX_CHARS,
     NAME_MAX_CHARS,
+    check_idempotency_key,
     decode_text,
     parse_int64,
 )
@@ -55,10 +71,15 @@ _STATUS = {
     UnknownKey: 404,
     OutOfRange: 409,
     BodyTooLarge: 413,
+    IdempotencyConflict: 422,
     StorageError: 503,
+    Unavailable: 503,
 }
 
 _META_HEADERS = (b"nixie-name", b"nixie-description", b"nixie-step")
+_CONSISTENCY_LEVELS = ("local", "quorum", "all")
+# Receipts older than the window are folded at most this often.
+MAINTENANCE_MAX_INTERVAL = 60.0
 
 
 def create_app(
@@ -83,7 +104,10 @@ def create_app(
         # so no write is ever applied on top of a partly loaded replica.
         if node is None:
             app.state.node = Node(
-                Store(settings.data_dir), delta_capacity=settings.delta_capacity
+                Store(settings.data_dir),
+                delta_capacity=settings.delta_capacity,
+                retention_ms=round(settings.idempotency_retention * 1000),
+                key_secret=settings.cluster_secret,
             )
         else:
             app.state.node = node
@@ -104,6 +128,7 @@ def create_app(
                 settings.cluster_secret,
             )
             app.state.gossiper = gossiper
+            app.state.coordinator[:] = [Coordinator(app.state.node, gossiper, settings)]
             tasks = _start_background(settings, gossiper) if background else []
             try:
                 yield
@@ -150,7 +175,15 @@ def _start_background(
         gossiper.identity.url,
         ", ".join(settings.peers) or "(none yet)",
     )
-    tasks = [asyncio.create_task(gossiper.run(settings.gossip_interval))]
+    tasks = [
+        asyncio.create_task(gossiper.run(settings.gossip_interval)),
+        asyncio.create_task(
+            _maintain(
+                gossiper.node,
+                min(MAINTENANCE_MAX_INTERVAL, settings.idempotency_retention / 4),
+            )
+        ),
+    ]
     if settings.peers_dns:
         name, port = settings.dns_target()
         tasks.append(
@@ -161,6 +194,162 @@ def _start_background(
     return tasks
 
 
+async def _maintain(node: Node, interval: float) -> None:
+    """Fold and purge expired receipts every `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            folded, purged = node.fold_receipts(), node.purge_receipts()
+        except StorageError as exc:
+            logger.warning("receipt upkeep failed: %s", exc)
+            continue
+        if folded or purged:
+            logger.info("receipts: %d folded, %d purged", folded, purged)
+
+
+class Coordinator:
+    """Serve the headers that reach other nodes: context, consistency, replays."""
+
+    def __init__(self, node: Node, gossiper: Gossiper, settings: Settings) -> None:
+        self.node = node
+        self.gossiper = gossiper
+        self.timeout = settings.sync_timeout
+        self.contexts = ContextCodec(settings.cluster_secret)
+
+    def respond(
+        self,
+        key: str,
+        state: CounterState,
+        status: int,
+        body: str | None = None,
+        *,
+        describe: bool = True,
+    ) -> Response:
+        """Answer about a counter: its Nixie-* headers and its context token."""
+        response = (
+            _counter_response(state, status, body)
+            if describe
+            else Response(status_code=status)
+        )
+        response.raw_headers.append(
+            (b"Nixie-Context", self.contexts.issue(key, state).encode())
+        )
+        return response
+
+    def replay(self, key: str, receipt: Receipt) -> Response:
+        """Answer a retried write with its first answer."""
+        response = Response(
+            content=receipt.body or None,
+            status_code=receipt.status,
+            media_type="text/plain" if receipt.body else None,
+        )
+        headers = response.raw_headers
+        headers.extend((k.encode(), v.encode()) for k, v in receipt.headers)
+        headers.append((b"Nixie-Replay", b"true"))
+        state = self.node.state(key)
+        if state is not None:
+            headers.append((b"Nixie-Context", self.contexts.issue(key, state).encode()))
+        return response
+
+    async def catch_up(self, key: str, options: "_Options") -> None:
+        """Before serving: reach the token's state, then the read level."""
+        if options.context is not None:
+            context = self.contexts.parse(key, options.context)
+            if not satisfies(self.node.state(key), context):
+                await self.gossiper.sync_key(
+                    key,
+                    self.gossiper.cluster_size,
+                    self.timeout,
+                    lambda: satisfies(self.node.state(key), context),
+                )
+                if not satisfies(self.node.state(key), context):
+                    raise Unavailable(
+                        f"Nixie-Context: this node has not seen the state the "
+                        f"token names, and no peer supplied it within "
+                        f"{self.timeout:g} s; retry, or try another node"
+                    )
+        if options.level != "local" and options.read:
+            await self._reach(key, options.level, "read")
+
+    async def spread(self, key: str, options: "_Options") -> None:
+        """After a write: wait until the write level holds it."""
+        if options.level != "local":
+            await self._reach(key, options.level, "write")
+
+    async def _reach(self, key: str, level: str, what: str) -> None:
+        size = self.gossiper.cluster_size
+        needed = size if level == "all" else size // 2 + 1
+        if needed <= 1:
+            return
+        answered = await self.gossiper.sync_key(key, needed - 1, self.timeout)
+        if answered + 1 < needed:
+            applied = (
+                " The write stays applied on the nodes it reached and spreads "
+                "from there; retry with the same Idempotency-Key."
+                if what == "write"
+                else ""
+            )
+            raise Unavailable(
+                f"Nixie-Consistency: {level} needs {needed} of {size} nodes; "
+                f"{answered + 1} answered within {self.timeout:g} s.{applied}"
+            )
+        if what == "read":
+            # The answers merged here may be news to the nodes that sent
+            # them: hand the merged state back, within what time is left.
+            await self.gossiper.sync_key(key, needed - 1, self.timeout)
+
+
+class _Options:
+    """The cross-node headers of one request, read in one pass."""
+
+    __slots__ = ("context", "idempotency_key", "level", "read")
+
+    def __init__(self, request: Request, *, read: bool) -> None:
+        self.context: str | None = None
+        self.idempotency_key: str | None = None
+        self.level = "local"
+        self.read = read
+        for name, value in request.scope["headers"]:
+            if name == b"nixie-context":
+                self.context = _single(self.context, value, "Nixie-Context")
+            elif name == b"idempotency-key":
+                self.idempotency_key = check_idempotency_key(
+                    _single(self.idempotency_key, value, "Idempotency-Key"),
+                    "Idempotency-Key",
+                )
+            elif name == b"nixie-consistency":
+                level = value.decode("latin-1").strip().lower()
+                if level not in _CONSISTENCY_LEVELS:
+                    raise InvalidInput(
+                        "Nixie-Consistency: expected one of "
+                        f"{', '.join(_CONSISTENCY_LEVELS)}"
+                    )
+                self.level = level
+        if self.idempotency_key is not None and read:
+            raise InvalidInput(
+                f"Idempotency-Key: not accepted by {request.method}, which "
+                "changes nothing"
+            )
+
+    @property
+    def plain(self) -> bool:
+        """Tell whether the request needs nothing from other nodes."""
+        return self.context is None and self.level == "local"
+
+    def idempotency(self, *parts: object) -> Idempotency | None:
+        """Return the write's idempotency key with the fingerprint of `parts`."""
+        if self.idempotency_key is None:
+            return None
+        digest = hashlib.sha256(repr(parts).encode()).hexdigest()
+        return Idempotency(self.idempotency_key, digest[:32])
+
+
+def _single(seen: str | None, value: bytes, header: str) -> str:
+    if seen is not None:
+        raise InvalidInput(f"{header}: given more than once")
+    return value.decode("latin-1").strip()
+
+
 def _add_counter_routes(app: FastAPI) -> None:
     # Handlers reach the node through this closure: looking it up on
     # `request.app.state` costs more than the rest of a read.
@@ -169,6 +358,8 @@ def _add_counter_routes(app: FastAPI) -> None:
 
     node_of: list[Node] = []
     app.state.node_holder = node_of
+    coordinator_of: list[Coordinator] = []
+    app.state.coordinator = coordinator_of
 
     @app.get("/", responses=_text(200, "The keys, one a line."))
     async def list_keys(request: Request) -> Response:
@@ -177,82 +368,181 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.post(
         "/",
         status_code=201,
-        responses={**_text(201, "The new key."), **_errors(400, 413, 503)},
-        openapi_extra=_extra(meta=True, body="optional"),
+        responses={**_text(201, "The new key."), **_errors(400, 413, 422, 503)},
+        openapi_extra=_extra(meta=True, body="optional", write=True, context=False),
     )
     async def create_counter(request: Request) -> Response:
+        options = _Options(request, read=False)
+        if options.context is not None:
+            raise InvalidInput("Nixie-Context: POST / creates a new counter")
         body = await _read_body(request, "start value")
         start = parse_int64(body, "start value") if body.strip() else 0
         name, description, step = _metadata(request)
-        key, state = _node(request).create(
+        node, coordinator = _node(request), coordinator_of[0]
+        idem = options.idempotency("POST /", start, name, description, step)
+        if idem is not None:
+            key = node.derived_key(idem.key)
+            receipt = node.replay(idem, key)
+            if receipt is not None:
+                await coordinator.spread(key, options)
+                return coordinator.replay(key, receipt)
+        key, state = node.create(
             start=start,
             name=name or "",
             description=description or "",
             step=DEFAULT_STEP if step is None else step,
+            idem=idem,
         )
-        return _counter_response(state, 201, key)
+        await coordinator.spread(key, options)
+        return coordinator.respond(key, state, 201, key)
 
-    @app.head("/{key}", status_code=204, responses={404: {"description": "Unknown"}})
+    @app.head(
+        "/{key}",
+        status_code=204,
+        responses=_errors(400, 404, 503),
+        openapi_extra=_extra(meta=False, body=None, read=True),
+    )
     async def check_counter(request: Request) -> Response:
+        key = request.path_params["key"]
+        options = _Options(request, read=True)
         try:
-            state = _node(request).get(request.path_params["key"])
+            if not options.plain:
+                await coordinator_of[0].catch_up(key, options)
+            state = _node(request).get(key)
         except UnknownKey:
             return Response(status_code=404)
-        return _counter_response(state, 204)
+        except NixieError as exc:
+            return Response(status_code=_STATUS.get(type(exc), 400))
+        return coordinator_of[0].respond(key, state, 204)
 
-    @app.get("/{key}", responses={**_text(200, "The value."), **_errors(404)})
+    @app.get(
+        "/{key}",
+        responses={**_text(200, "The value."), **_errors(400, 404, 503)},
+        openapi_extra=_extra(meta=False, body=None, read=True),
+    )
     async def read_counter(request: Request) -> Response:
-        state = _node(request).get(request.path_params["key"])
-        return _counter_response(state, 200, str(state.value))
+        key = request.path_params["key"]
+        options = _Options(request, read=True)
+        if not options.plain:
+            await coordinator_of[0].catch_up(key, options)
+        state = _node(request).get(key)
+        return coordinator_of[0].respond(key, state, 200, str(state.value))
+
+    async def prepare(request: Request) -> tuple[str, _Options]:
+        """Read a write's key and headers; reach the token's state first."""
+        key = request.path_params["key"]
+        options = _Options(request, read=False)
+        if not options.plain:
+            await coordinator_of[0].catch_up(key, options)
+        return key, options
+
+    async def write(
+        key: str,
+        options: _Options,
+        idem: Idempotency | None,
+        apply: Callable[[], CounterState],
+        answer: Callable[[CounterState], Response],
+    ) -> Response:
+        """Apply a write once: replay an earlier attempt, or apply and answer."""
+        coordinator = coordinator_of[0]
+        receipt = None if idem is None else node_of[0].replay(idem, key)
+        state = apply() if receipt is None else None
+        await coordinator.spread(key, options)
+        if receipt is not None:
+            return coordinator.replay(key, receipt)
+        assert state is not None
+        return answer(state)
 
     @app.post(
-        "/{key}", responses={**_text(200, "The value."), **_errors(404, 409, 503)}
+        "/{key}",
+        responses={**_text(200, "The value."), **_errors(400, 404, 409, 422, 503)},
+        openapi_extra=_extra(meta=False, body=None, write=True),
     )
     async def increment_counter(request: Request) -> Response:
-        node = _node(request)
-        key = request.path_params["key"]
-        node.get(key)
-        _refuse_extras(request)
-        state = node.increment(key)
-        return _counter_response(state, 200, str(state.value))
+        node, coordinator = _node(request), coordinator_of[0]
+        key, options = await prepare(request)
+        idem = options.idempotency("POST", key)
+
+        def apply() -> CounterState:
+            node.get(key)
+            _refuse_extras(request)
+            return node.increment(key, idem)
+
+        return await write(
+            key,
+            options,
+            idem,
+            apply,
+            lambda state: coordinator.respond(key, state, 200, str(state.value)),
+        )
 
     @app.put(
         "/{key}",
         status_code=204,
-        responses=_errors(400, 404, 413, 503),
-        openapi_extra=_extra(meta=False, body="required"),
+        responses=_errors(400, 404, 413, 422, 503),
+        openapi_extra=_extra(meta=False, body="required", write=True),
     )
     async def set_counter(request: Request) -> Response:
-        node = _node(request)
-        key = request.path_params["key"]
-        node.get(key)  # an unknown key is reported before a bad body
+        node, coordinator = _node(request), coordinator_of[0]
+        key, options = await prepare(request)
+        if options.idempotency_key is None:
+            node.get(key)  # an unknown key is reported before a bad body
         _refuse_extras(request, body=True)
         value = parse_int64(await _read_body(request, "value"), "value")
-        return _counter_response(node.set_value(key, value), 204)
+        idem = options.idempotency("PUT", key, value)
+        return await write(
+            key,
+            options,
+            idem,
+            lambda: node.set_value(key, value, idem),
+            lambda state: coordinator.respond(key, state, 204),
+        )
 
     @app.patch(
         "/{key}",
         status_code=204,
-        responses=_errors(400, 404, 503),
-        openapi_extra=_extra(meta=True, body=None),
+        responses=_errors(400, 404, 422, 503),
+        openapi_extra=_extra(meta=True, body=None, write=True),
     )
     async def update_metadata(request: Request) -> Response:
-        node = _node(request)
-        key = request.path_params["key"]
-        node.get(key)
+        node, coordinator = _node(request), coordinator_of[0]
+        key, options = await prepare(request)
+        if options.idempotency_key is None:
+            node.get(key)
         _refuse_extras(request, meta=True)
         name, description, step = _metadata(request)
-        state = node.update_metadata(key, name, description, step)
-        return _counter_response(state, 204)
+        idem = options.idempotency("PATCH", key, name, description, step)
+        return await write(
+            key,
+            options,
+            idem,
+            lambda: node.update_metadata(key, name, description, step, idem),
+            lambda state: coordinator.respond(key, state, 204),
+        )
 
-    @app.delete("/{key}", status_code=204, responses=_errors(404, 503))
+    @app.delete(
+        "/{key}",
+        status_code=204,
+        responses=_errors(400, 404, 422, 503),
+        openapi_extra=_extra(meta=False, body=None, write=True),
+    )
     async def delete_counter(request: Request) -> Response:
-        node = _node(request)
-        key = request.path_params["key"]
-        node.get(key)
-        _refuse_extras(request)
-        node.delete(key)
-        return Response(status_code=204)
+        node, coordinator = _node(request), coordinator_of[0]
+        key, options = await prepare(request)
+        idem = options.idempotency("DELETE", key)
+
+        def apply() -> CounterState:
+            node.get(key)
+            _refuse_extras(request)
+            return node.delete(key, idem)
+
+        return await write(
+            key,
+            options,
+            idem,
+            apply,
+            lambda state: coordinator.respond(key, state, 204, describe=False),
+        )
 
     for route in app.routes:
         # Every counter route takes the key from the path; the handlers read
@@ -365,9 +655,25 @@ _KEY_PARAMETER = {
 }
 
 
-def _extra(*, meta: bool, body: str | None) -> dict[str, Any]:
+def _extra(
+    *,
+    meta: bool,
+    body: str | None,
+    read: bool = False,
+    write: bool = False,
+    context: bool = True,
+) -> dict[str, Any]:
     extra: dict[str, Any] = {}
+    headers = []
     if meta:
+        headers += ["Nixie-Name", "Nixie-Description", "Nixie-Step"]
+    if write:
+        headers.append("Idempotency-Key")
+    if (read or write) and context:
+        headers.append("Nixie-Context")
+    if read or write:
+        headers.append("Nixie-Consistency")
+    if headers:
         extra["parameters"] = [
             {
                 "name": header,
@@ -375,7 +681,7 @@ def _extra(*, meta: bool, body: str | None) -> dict[str, Any]:
                 "required": False,
                 "schema": {"type": "string"},
             }
-            for header in ("Nixie-Name", "Nixie-Description", "Nixie-Step")
+            for header in headers
         ]
     if body is not None:
         extra["requestBody"] = {

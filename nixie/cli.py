@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 DEFAULTS = Settings()
-PEER_PATHS = ("/_nixie/gossip", "/_nixie/digest", "/_nixie/repair")
+PEER_PATHS = ("/_nixie/gossip", "/_nixie/digest", "/_nixie/repair", "/_nixie/sync")
 
 
 def _peer_list(
@@ -98,6 +98,23 @@ def _peer_list(
     envvar="NIXIE_PEER_TIMEOUT",
     show_envvar=True,
     help="Seconds one exchange with a peer may take; must exceed the gossip interval.",
+)
+@click.option(
+    "--sync-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.sync_timeout,
+    envvar="NIXIE_SYNC_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a request may wait for other nodes (Nixie-Context, "
+    "Nixie-Consistency) before answering 503.",
+)
+@click.option(
+    "--idempotency-retention",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULTS.idempotency_retention,
+    envvar="NIXIE_IDEMPOTENCY_RETENTION",
+    show_envvar=True,
+    help="Seconds a write's Idempotency-Key is remembered.",
 )
 @click.option(
     "-d",

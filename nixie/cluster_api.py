@@ -1,7 +1,7 @@
 """The `/_nixie/` endpoints: health, cluster status, and the gossip protocol.
 
 Keys are 21 characters without a slash, so no counter route can reach a path
-under `/_nixie/`. The peer endpoints (`gossip`, `digest`, `repair`) require
+under `/_nixie/`. The peer endpoints (`gossip`, `digest`, `repair`, `sync`) require
 the cluster secret as a bearer token; a node started without a secret
 accepts them from loopback addresses only.
 """
@@ -65,6 +65,10 @@ def add_cluster_routes(app: FastAPI, settings: Settings) -> None:
     @app.post("/_nixie/repair", include_in_schema=False)
     async def repair(request: Request) -> Response:
         return await peer_call(request, _gossiper(request).on_repair)
+
+    @app.post("/_nixie/sync", include_in_schema=False)
+    async def sync(request: Request) -> Response:
+        return await peer_call(request, _gossiper(request).on_sync)
 
 
 def _gossiper(request: Request) -> Gossiper:

@@ -9,13 +9,16 @@ Integers stay integers end to end; a float anywhere is an error.
      "p": {replica: total}, "n": {...},    increments and decrements
      "name": [value, time, replica],       one register per metadata field
      "desc": [...], "step": [...],
-     "d": [time, replica]}                 deletion stamp (alone when present)
+     "v": {replica: writes},               versions
+     "r": {idempotency key: [time, replica, amount, fingerprint,
+                             status, body, {header: value}, folded]},
+     "d": [time, replica]}                 deletion stamp (only "r" beside it)
 """
 
 import json
 from typing import Any
 
-from nixie.crdt import CounterState, Register, Stamp
+from nixie.crdt import CounterState, Receipt, Register, Stamp
 from nixie.errors import InvalidInput
 from nixie.values import (
     DESCRIPTION_MAX_CHARS,
@@ -23,6 +26,7 @@ from nixie.values import (
     INT64_MIN,
     NAME_MAX_CHARS,
     check_id,
+    check_idempotency_key,
     check_text,
 )
 
@@ -31,14 +35,29 @@ from nixie.values import (
 # the largest step would take far longer than any cluster lives.
 TOTAL_MAX = 2**126
 TIME_MAX = 2**63 - 1
+# A receipt's amount is a step or a PUT's difference between two int64s.
+AMOUNT_MAX = 2**64
+RECEIPTS_MAX = 1_000_000  # per counter; a bound on what one payload can ask
+RECEIPT_STATUSES = frozenset({200, 201, 204})
+RECEIPT_BODY_MAX_CHARS = 64  # a key or a 64-bit value
+RECEIPT_HEADERS = {
+    "Nixie-Name": NAME_MAX_CHARS,
+    "Nixie-Description": DESCRIPTION_MAX_CHARS,
+    "Nixie-Step": 20,
+}
+FINGERPRINT_CHARS = 32
+_HEX = frozenset("0123456789abcdef")
 
 
 def encode_state(state: CounterState) -> dict[str, Any]:
     """Return the JSON-ready form of a state."""
-    if state.deleted is not None:
-        return {"d": list(state.deleted)}
-
     out: dict[str, Any] = {}
+    if state.receipts:
+        out["r"] = {key: _encode_receipt(r) for key, r in state.receipts.items()}
+    if state.deleted is not None:
+        out["d"] = list(state.deleted)
+        return out
+
     if state.created is not None:
         out["c"] = list(state.created)
     if state.increments:
@@ -52,21 +71,36 @@ def encode_state(state: CounterState) -> dict[str, Any]:
     ):
         if register is not None:
             out[name] = [register.value, *register.stamp]
+    if state.versions:
+        out["v"] = state.versions
     return out
+
+
+def _encode_receipt(receipt: Receipt) -> list[Any]:
+    return [
+        *receipt.stamp,
+        receipt.amount,
+        receipt.fingerprint,
+        receipt.status,
+        receipt.body,
+        dict(receipt.headers),
+        int(receipt.folded),
+    ]
 
 
 def decode_state(data: object) -> CounterState:
     """Build a state from its JSON form, or raise `InvalidInput`."""
     if not isinstance(data, dict):
         raise InvalidInput("state: expected an object")
-    unknown = data.keys() - {"c", "p", "n", "name", "desc", "step", "d"}
+    unknown = data.keys() - {"c", "p", "n", "name", "desc", "step", "v", "r", "d"}
     if unknown:
         raise InvalidInput(f"state: unknown fields {sorted(unknown)}")
 
+    receipts = _receipts(data.get("r", {}))
     if "d" in data:
-        if len(data) != 1:
-            raise InvalidInput("state: a tombstone carries nothing else")
-        return CounterState(deleted=_stamp(data["d"], "d"))
+        if data.keys() - {"d", "r"}:
+            raise InvalidInput("state: a tombstone carries only receipts")
+        return CounterState(deleted=_stamp(data["d"], "d"), receipts=receipts)
 
     return CounterState(
         created=_stamp(data["c"], "c") if "c" in data else None,
@@ -75,6 +109,8 @@ def decode_state(data: object) -> CounterState:
         name=_text_register(data.get("name"), "name", NAME_MAX_CHARS),
         description=_text_register(data.get("desc"), "desc", DESCRIPTION_MAX_CHARS),
         step=_step_register(data.get("step")),
+        versions=_totals(data.get("v", {}), "v"),
+        receipts=receipts,
     )
 
 
@@ -150,3 +186,51 @@ def _step_register(value: object) -> Register[int] | None:
         return None
     step, stamp = _register_parts(value, "step")
     return Register(_integer(step, "step", INT64_MIN, INT64_MAX), stamp)
+
+
+def _receipts(value: object) -> dict[str, Receipt]:
+    if not isinstance(value, dict) or len(value) > RECEIPTS_MAX:
+        raise InvalidInput(f"r: expected an object of at most {RECEIPTS_MAX} receipts")
+    return {
+        check_idempotency_key(key, "r: key"): _receipt(parts)
+        for key, parts in value.items()
+    }
+
+
+def _receipt(value: object) -> Receipt:
+    if not isinstance(value, list) or len(value) != 8:
+        raise InvalidInput(
+            "r: expected [time, replica, amount, fingerprint, status, body, "
+            "headers, folded]"
+        )
+    time, replica, amount, fingerprint, status, body, headers, folded = value
+    if not (
+        isinstance(fingerprint, str)
+        and len(fingerprint) == FINGERPRINT_CHARS
+        and set(fingerprint) <= _HEX
+    ):
+        raise InvalidInput(f"r: fingerprint: expected {FINGERPRINT_CHARS} hex digits")
+    if status not in RECEIPT_STATUSES or type(status) is not int:
+        raise InvalidInput(f"r: status: expected one of {sorted(RECEIPT_STATUSES)}")
+    if not isinstance(body, str):
+        raise InvalidInput("r: body: expected text")
+    return Receipt(
+        _stamp([time, replica], "r"),
+        _integer(amount, "r: amount", -AMOUNT_MAX, AMOUNT_MAX),
+        fingerprint,
+        status,
+        check_text(body, "r: body", RECEIPT_BODY_MAX_CHARS),
+        _receipt_headers(headers),
+        bool(_integer(folded, "r: folded", 0, 1)),
+    )
+
+
+def _receipt_headers(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise InvalidInput("r: headers: expected an object")
+    headers = []
+    for name, text in value.items():
+        if name not in RECEIPT_HEADERS or not isinstance(text, str):
+            raise InvalidInput(f"r: headers: unexpected header {name!r}")
+        headers.append((name, check_text(text, f"r: {name}", RECEIPT_HEADERS[name])))
+    return tuple(sorted(headers))

@@ -11,6 +11,21 @@ Deletion wins over everything: a tombstone merged with any state is a
 tombstone, and a tombstone forgets the counter's value and metadata, which
 no replica can bring back.
 
+Writes sent with an idempotency key leave a `Receipt` instead of (or besides)
+touching the totals: the key, what the write adds to the value, and the
+answer it got. Receipts are joined per key, so two attempts of one write that
+ran concurrently on two replicas end as one receipt on both, chosen the same
+way everywhere (the earliest stamp), and the value counts its amount once.
+After a retention window the replica that made the surviving receipt folds
+it: it moves the amount into its own totals and marks the receipt folded in
+one delta; a folded receipt beats an unfolded one, so the amount is never
+counted twice. Receipts outlive a deletion, so a retried DELETE still gets
+its first answer.
+
+`versions` counts, per replica, the writes it made to the counter. A replica
+whose versions are at least another's has seen every write the other had
+seen, which is what read-your-writes tokens compare.
+
 Every operation here returns a delta: the small state that, merged into a
 replica, has the operation's effect. Nodes apply their own writes by merging
 the delta, and later ship the same deltas to their peers.
@@ -49,6 +64,37 @@ class Register(Generic[T]):
         return (self.stamp, self.value) > (other.stamp, other.value)
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Record one write made with an idempotency key, and its answer."""
+
+    stamp: Stamp
+    amount: int  # added to the value while the receipt is not folded
+    fingerprint: str  # what the request was, to refuse a reuse of its key
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+    folded: bool = False
+
+    def beats(self, other: Receipt) -> bool:
+        """Tell whether this receipt survives a join with `other`."""
+        if self.folded != other.folded:
+            return self.folded
+        # Among attempts of one write the earliest stands; the other fields
+        # only order receipts no correct replica would issue, deterministically.
+        return self._order() < other._order()
+
+    def _order(self) -> tuple[Stamp, int, str, int, str, tuple[tuple[str, str], ...]]:
+        return (
+            self.stamp,
+            self.amount,
+            self.fingerprint,
+            self.status,
+            self.body,
+            self.headers,
+        )
+
+
 def _later(mine: Register[T] | None, theirs: Register[T] | None) -> Register[T] | None:
     if mine is None:
         return theirs
@@ -76,9 +122,11 @@ class CounterState:
     description: Register[str] | None = None
     step: Register[int] | None = None
     deleted: Stamp | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+    receipts: dict[str, Receipt] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # A tombstone carries nothing but its stamp, whatever it was built from.
+        # A tombstone carries its stamp and receipts, whatever it was built from.
         if self.deleted is not None:
             self._become_tombstone(self.deleted)
 
@@ -89,8 +137,14 @@ class CounterState:
 
     @property
     def value(self) -> int:
-        """Return the sum of all increments minus the sum of all decrements."""
-        return sum(self.increments.values()) - sum(self.decrements.values())
+        """Return the increments minus the decrements, unfolded receipts included."""
+        if self.deleted is not None:
+            return 0
+        total = sum(self.increments.values()) - sum(self.decrements.values())
+        for receipt in self.receipts.values():
+            if not receipt.folded:
+                total += receipt.amount
+        return total
 
     @property
     def step_value(self) -> int:
@@ -119,19 +173,23 @@ class CounterState:
         copied.description = self.description
         copied.step = self.step
         copied.deleted = self.deleted
+        copied.versions = dict(self.versions)
+        copied.receipts = dict(self.receipts)
         return copied
 
     def merge(self, other: CounterState) -> bool:
         """Join `other` into this state in place; tell whether anything changed."""
+        changed = _merge_receipts(self.receipts, other.receipts)
         if self.deleted is not None or other.deleted is not None:
             deleted = _max_stamp(self.deleted, other.deleted)
             if deleted == self.deleted:
-                return False
+                return changed
             self._become_tombstone(deleted)
             return True
 
-        changed = _merge_totals(self.increments, other.increments)
+        changed = _merge_totals(self.increments, other.increments) or changed
         changed = _merge_totals(self.decrements, other.decrements) or changed
+        changed = _merge_totals(self.versions, other.versions) or changed
 
         created = _max_stamp(self.created, other.created)
         name = _later(self.name, other.name)
@@ -151,9 +209,11 @@ class CounterState:
         return changed
 
     def _become_tombstone(self, deleted: Stamp | None) -> None:
+        # Receipts stay: a retried write must still get its first answer.
         self.created = None
         self.increments = {}
         self.decrements = {}
+        self.versions = {}
         self.name = self.description = self.step = None
         self.deleted = deleted
 
@@ -163,6 +223,16 @@ def _merge_totals(mine: dict[str, int], theirs: dict[str, int]) -> bool:
     for replica, total in theirs.items():
         if total > mine.get(replica, 0):
             mine[replica] = total
+            changed = True
+    return changed
+
+
+def _merge_receipts(mine: dict[str, Receipt], theirs: dict[str, Receipt]) -> bool:
+    changed = False
+    for key, receipt in theirs.items():
+        current = mine.get(key)
+        if current is None or receipt.beats(current):
+            mine[key] = receipt
             changed = True
     return changed
 
@@ -178,6 +248,7 @@ def latest_time(state: CounterState) -> int:
     """Return the largest clock time among a state's stamps (0 when none)."""
     stamps = [state.created, state.deleted]
     stamps += [r.stamp for r in (state.name, state.description, state.step) if r]
+    stamps += [receipt.stamp for receipt in state.receipts.values()]
     return max((stamp.time for stamp in stamps if stamp is not None), default=0)
 
 
@@ -229,3 +300,41 @@ def update_metadata(
 def delete(stamp: Stamp) -> CounterState:
     """Return the delta that deletes a counter for good."""
     return CounterState(deleted=stamp)
+
+
+def record(delta: CounterState, key: str, receipt: Receipt) -> CounterState:
+    """Add a receipt to a write's delta, in place, and return the delta."""
+    delta.receipts[key] = receipt
+    return delta
+
+
+def bump(state: CounterState, delta: CounterState, replica: str) -> CounterState:
+    """Count one more write of `replica` in a delta, in place; return it."""
+    if delta.deleted is None:
+        delta.versions[replica] = state.versions.get(replica, 0) + 1
+    return delta
+
+
+def fold(state: CounterState, key: str, replica: str) -> CounterState | None:
+    """Return the delta that folds `replica`'s receipt `key` into its totals.
+
+    Only the replica that made the receipt folds it, so the amount moves into
+    one replica's totals once. None when there is nothing to fold.
+    """
+    receipt = state.receipts.get(key)
+    if receipt is None or receipt.folded or receipt.stamp.replica != replica:
+        return None
+    folded = Receipt(
+        receipt.stamp,
+        receipt.amount,
+        receipt.fingerprint,
+        receipt.status,
+        receipt.body,
+        receipt.headers,
+        folded=True,
+    )
+    if state.deleted is not None:
+        return CounterState(deleted=state.deleted, receipts={key: folded})
+    delta = add(state, replica, receipt.amount)
+    delta.receipts[key] = folded
+    return bump(state, delta, replica)

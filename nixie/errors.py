@@ -5,7 +5,11 @@ NixieError
 ├── BodyTooLarge       a request body exceeds what any valid input needs (413)
 ├── UnknownKey         no such counter, or it was deleted (404)
 ├── OutOfRange         a result would leave the signed 64-bit range (409)
-└── StorageError       the data dir cannot be opened or written
+├── IdempotencyConflict an Idempotency-Key was used for another request (422)
+├── Unavailable        too few nodes answered in time for the request (503)
+├── StorageError       the data dir cannot be opened or written
+├── Unauthorized       a cluster request without the right secret (401)
+└── PeerError          an exchange with a peer failed or made no sense
 """
 
 
@@ -31,6 +35,14 @@ class UnknownKey(NixieError):
 
 class OutOfRange(NixieError):
     """Refuse a write whose result would leave the signed 64-bit range."""
+
+
+class IdempotencyConflict(NixieError):
+    """Refuse a request whose Idempotency-Key was used for a different one."""
+
+
+class Unavailable(NixieError):
+    """Report that too few nodes answered in time to serve the request."""
 
 
 class StorageError(NixieError):

@@ -13,6 +13,11 @@ sends a few hundred bytes per peer per round, whatever the number of counters.
 
 `Gossiper.run_round` is one round as a plain coroutine, so tests drive nodes
 by hand; `Gossiper.run` repeats rounds in the background.
+
+Requests that must not wait for a round use `Gossiper.sync_key`: it sends
+one counter's state to every peer at once and merges what they answer, so a
+node can catch up on a counter (read-your-writes tokens), read it from a
+quorum, or hand a write to a quorum before acknowledging it.
 """
 
 import asyncio
@@ -21,6 +26,7 @@ import functools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,7 +273,85 @@ class Gossiper:
         log = self.node.deltas
         log.truncate(min((p.acked for p in active), default=log.head))
 
+    # One counter, now
+
+    @property
+    def cluster_size(self) -> int:
+        """Return how many nodes this one knows of, itself included."""
+        return 1 + len(self.membership.peers)
+
+    async def sync_key(
+        self,
+        key: str,
+        wanted: int,
+        within: float,
+        done: Callable[[], bool] | None = None,
+    ) -> int:
+        """Exchange counter `key` with every peer at once; return how many answered.
+
+        Each peer merges this node's state of the counter and answers with
+        its own, which this node merges. Return as soon as `wanted` peers
+        have answered or `done()` holds, or after `within` seconds; the
+        exchanges still running then are abandoned.
+        """
+        if done is not None and done():
+            return 0
+        peers = list(self.membership.peers.values())
+        tasks = {
+            asyncio.create_task(self._sync_with(peer, key)): peer for peer in peers
+        }
+        answered = 0
+        deadline = time.monotonic() + within
+        try:
+            pending = set(tasks)
+            while pending and answered < wanted:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                finished, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                answered += sum(1 for task in finished if task.result())
+                if done is not None and done():
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+        return answered
+
+    async def _sync_with(self, peer: Peer, key: str) -> bool:
+        state = self.node.state(key)
+        try:
+            reply = await self._post(
+                peer,
+                "/_nixie/sync",
+                {
+                    "from": self.identity.encode(),
+                    "key": key,
+                    "state": None if state is None else codec.encode_state(state),
+                },
+            )
+            theirs = reply.get("state")
+            if theirs is not None:
+                received = parse_states({key: theirs}, None)
+                self.node.merge(received, peer.replica)
+        except (PeerError, InvalidInput) as exc:
+            logger.debug("sync of %s with %s failed: %s", key, peer.url, exc)
+            return False
+        return True
+
     # Serving peers
+
+    def on_sync(self, message: object) -> dict[str, Any]:
+        """Merge a peer's state of one counter; answer with this node's."""
+        data = _object(message)
+        sender = self._accept_sender(data.get("from"))
+        key = check_id(data.get("key"), "key")
+        theirs = data.get("state")
+        if theirs is not None:
+            self.node.merge(parse_states({key: theirs}, None), sender.replica)
+        state = self.node.state(key)
+        return {"state": None if state is None else codec.encode_state(state)}
 
     def on_push(self, message: object) -> dict[str, Any]:
         """Merge a peer's push; answer with this node's root and backlog."""

@@ -6,17 +6,28 @@ operation. Each write computes a CRDT delta, merges it into a copy of the
 counter's state, stores the copy and only then installs it: a write that
 cannot be stored changes nothing. Every change is folded into the node's
 digest and its delta log, from which anti-entropy ships it to peers.
+
+A write given an `Idempotency` leaves a receipt in the counter's state (see
+`nixie.crdt`) holding the answer it got. `replay` finds it again, on this
+node or, once gossip has carried it, on any other; the caller checks before
+writing, in the same step of the event loop, so no write slips between.
+Receipts older than the retention window are folded into their maker's
+totals by `fold_receipts`, and dropped for good by `purge_receipts` once
+twice the window has passed.
 """
 
 import base64
+import hashlib
+import hmac
 import logging
 import secrets
+from dataclasses import dataclass
 
 from nixie import codec, crdt, hlc
-from nixie.crdt import CounterState, Stamp
+from nixie.crdt import CounterState, Receipt, Stamp
 from nixie.deltas import DeltaLog
 from nixie.digest import Digest
-from nixie.errors import InvalidInput, OutOfRange, UnknownKey
+from nixie.errors import IdempotencyConflict, InvalidInput, OutOfRange, UnknownKey
 from nixie.hlc import HybridClock
 from nixie.store import Store, new_replica_id
 from nixie.values import INT64_MAX, INT64_MIN, in_int64
@@ -26,11 +37,31 @@ logger = logging.getLogger(__name__)
 KEY_CHARS = 21
 # How far ahead of this node's clock a peer's timestamps may be.
 MAX_CLOCK_AHEAD_MS = 60 * 60 * 1000
+DEFAULT_RETENTION_MS = 24 * 60 * 60 * 1000
 
 
 def new_key() -> str:
     """Return a fresh counter key: 21 URL-safe characters, 126 random bits."""
     return base64.urlsafe_b64encode(secrets.token_bytes(16))[:KEY_CHARS].decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """A client's idempotency key, and the fingerprint of its request."""
+
+    key: str
+    fingerprint: str
+
+
+def counter_headers(state: CounterState) -> tuple[tuple[str, str], ...]:
+    """Return the Nixie-* headers that describe a counter, sorted by name."""
+    headers = []
+    if state.description_value:
+        headers.append(("Nixie-Description", state.description_value))
+    if state.name_value:
+        headers.append(("Nixie-Name", state.name_value))
+    headers.append(("Nixie-Step", str(state.step_value)))
+    return tuple(headers)
 
 
 class Node:
@@ -41,18 +72,26 @@ class Node:
         store: Store,
         clock: HybridClock | None = None,
         delta_capacity: int = 100_000,
+        *,
+        retention_ms: int = DEFAULT_RETENTION_MS,
+        key_secret: str | None = None,
     ) -> None:
         self.store = store
         self.replica_id = store.replica_id()
         self.clock = clock or HybridClock()
         self.digest = Digest()
         self.deltas = DeltaLog(delta_capacity)
+        self.retention_ms = retention_ms
+        # Keys made from idempotency keys must come out alike on every node.
+        self._key_secret = (key_secret or "nixie-local-keys").encode()
         self._states: dict[str, CounterState] = {}
         self._listing: str | None = None
+        self._receipt_owner: dict[str, str] = {}  # idempotency key -> counter
 
         for key, text in store.load():
             state = codec.decode_state(codec.loads(text))
             self._states[key] = state
+            self._index_receipts(key, state)
             self.digest.update(key, text)
             self.clock.observe(crdt.latest_time(state))
         logger.info(
@@ -93,29 +132,87 @@ class Node:
 
     # Writes
 
+    # Idempotent writes
+
+    def derived_key(self, idempotency_key: str) -> str:
+        """Return the counter key a create with this idempotency key makes."""
+        digest = hmac.new(
+            self._key_secret, b"create\0" + idempotency_key.encode(), hashlib.sha256
+        ).digest()
+        return base64.urlsafe_b64encode(digest)[:KEY_CHARS].decode()
+
+    def replay(self, idem: Idempotency, key: str) -> Receipt | None:
+        """Return the receipt of an earlier attempt of this write, if any.
+
+        Raise `IdempotencyConflict` when the idempotency key was used for a
+        different request: another counter, method, body or headers.
+        """
+        owner = self._receipt_owner.get(idem.key)
+        if owner is not None and owner != key:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idem.key}: already used for a request on "
+                "another counter"
+            )
+        state = self._states.get(key)
+        receipt = None if state is None else state.receipts.get(idem.key)
+        if receipt is None:
+            return None
+        if receipt.fingerprint != idem.fingerprint:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idem.key}: already used for a different "
+                "request (method, body or Nixie-* headers differ)"
+            )
+        return receipt
+
+    # Writes
+
     def create(
         self,
         start: int = 0,
         name: str = "",
         description: str = "",
         step: int = crdt.DEFAULT_STEP,
+        idem: Idempotency | None = None,
     ) -> tuple[str, CounterState]:
-        """Create a counter under a fresh key; return the key and its state."""
-        key = new_key()
-        while key in self._states:  # never reuse a key, not even a dead one
-            key = new_key()
-        delta = crdt.create(self._stamp(), start, name, description, step)
-        return key, self._apply(key, CounterState(), delta)
+        """Create a counter and return its key and state.
 
-    def increment(self, key: str) -> CounterState:
+        Without `idem` the key is fresh. With it, the key derives from the
+        idempotency key, so attempts on several nodes create one counter,
+        and the start value sits in a receipt, so it counts once.
+        """
+        stamp = self._stamp()
+        if idem is None:
+            key = new_key()
+            while key in self._states:  # never reuse a key, not even a dead one
+                key = new_key()
+            delta = crdt.create(stamp, start, name, description, step)
+            return key, self._apply(key, CounterState(), delta)
+
+        key = self.derived_key(idem.key)
+        if key in self._states:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idem.key}: already used, and its record has "
+                "expired; use a new key"
+            )
+        delta = crdt.create(stamp, 0, name, description, step)
+        receipt = Receipt(
+            stamp, start, idem.fingerprint, 201, key, counter_headers(delta)
+        )
+        return key, self._apply(
+            key, CounterState(), crdt.record(delta, idem.key, receipt)
+        )
+
+    def increment(self, key: str, idem: Idempotency | None = None) -> CounterState:
         """Add the counter's step to its value."""
         state = self.get(key)
-        return self._add(key, state, state.step_value)
+        return self._add(key, state, state.step_value, idem, 200)
 
-    def set_value(self, key: str, value: int) -> CounterState:
+    def set_value(
+        self, key: str, value: int, idem: Idempotency | None = None
+    ) -> CounterState:
         """Set the value by recording the difference as this replica's write."""
         state = self.get(key)
-        return self._add(key, state, value - state.value)
+        return self._add(key, state, value - state.value, idem, 204)
 
     def update_metadata(
         self,
@@ -123,18 +220,73 @@ class Node:
         name: str | None = None,
         description: str | None = None,
         step: int | None = None,
+        idem: Idempotency | None = None,
     ) -> CounterState:
         """Change the given metadata fields and leave the others alone."""
         state = self.get(key)
-        if name is None and description is None and step is None:
+        if name is None and description is None and step is None and idem is None:
             return state
-        delta = crdt.update_metadata(self._stamp(), name, description, step)
+        stamp = self._stamp()
+        delta = crdt.update_metadata(stamp, name, description, step)
+        if idem is not None:
+            after = crdt.merged(state, delta)
+            receipt = Receipt(
+                stamp, 0, idem.fingerprint, 204, "", counter_headers(after)
+            )
+            crdt.record(delta, idem.key, receipt)
         return self._apply(key, state, delta)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, idem: Idempotency | None = None) -> CounterState:
         """Delete a counter; its key stays dead on every replica."""
         state = self.get(key)
-        self._apply(key, state, crdt.delete(self._stamp()))
+        stamp = self._stamp()
+        delta = crdt.delete(stamp)
+        if idem is not None:
+            crdt.record(delta, idem.key, Receipt(stamp, 0, idem.fingerprint, 204, ""))
+        return self._apply(key, state, delta)
+
+    # Upkeep of receipts
+
+    def fold_receipts(self) -> int:
+        """Fold this replica's receipts older than the window; return how many."""
+        oldest = hlc.from_millis(self.clock.wall() - self.retention_ms)
+        due = [
+            (key, idempotency_key)
+            for key, state in self._states.items()
+            for idempotency_key, receipt in state.receipts.items()
+            if not receipt.folded
+            and receipt.stamp.replica == self.replica_id
+            and receipt.stamp.time < oldest
+        ]
+        for key, idempotency_key in due:
+            state = self._states[key]
+            delta = crdt.fold(state, idempotency_key, self.replica_id)
+            if delta is not None:
+                self._apply(key, state, delta)
+        return len(due)
+
+    def purge_receipts(self) -> int:
+        """Drop receipts past twice the window that no longer count; return how many.
+
+        Folded receipts and those of deleted counters count for nothing; an
+        unfolded receipt of a live counter still holds part of its value and
+        stays until its maker folds it.
+        """
+        horizon = self._purge_horizon()
+        purged = 0
+        for key, state in list(self._states.items()):
+            stale = _expired(state, horizon)
+            if not stale:
+                continue
+            new = state.copy()
+            for idempotency_key in stale:
+                del new.receipts[idempotency_key]
+                self._receipt_owner.pop(idempotency_key, None)
+            text = codec.canonical(new)
+            self.store.save(key, text)
+            self._install(key, state, new, text)
+            purged += len(stale)
+        return purged
 
     def merge(
         self, remotes: dict[str, CounterState], origin: str | None, log: bool = True
@@ -146,10 +298,14 @@ class Node:
         with `origin`, the replica they came from, unless `log` is false.
         """
         _refuse_far_future(remotes, self.clock.wall())
+        remotes = dict(remotes)  # expired receipts are left out below
         changed: dict[str, tuple[CounterState, CounterState, str]] = {}
         stale = False
+        horizon = self._purge_horizon()
         for key, remote in remotes.items():
             state = self._states.get(key, CounterState())
+            if remote.receipts:
+                remote = remotes[key] = _without_expired(remote, horizon, state)
             stale = stale or _ahead_of(remote, state, self.replica_id)
             candidate = state.copy()
             if candidate.merge(remote):
@@ -171,7 +327,14 @@ class Node:
         """Return this node's states for `keys`, skipping keys it never saw."""
         return {key: self._states[key] for key in keys if key in self._states}
 
-    def _add(self, key: str, state: CounterState, amount: int) -> CounterState:
+    def _add(
+        self,
+        key: str,
+        state: CounterState,
+        amount: int,
+        idem: Idempotency | None,
+        status: int,
+    ) -> CounterState:
         current = state.value
         result = current + amount
         # Concurrent writes on other replicas can carry a merged value past
@@ -181,11 +344,23 @@ class Node:
             raise OutOfRange(
                 f"value: {current} + {amount} would pass the limit {limit}"
             )
-        return self._apply(key, state, crdt.add(state, self.replica_id, amount))
+        if idem is None:
+            return self._apply(key, state, crdt.add(state, self.replica_id, amount))
+        body = str(result) if status == 200 else ""
+        receipt = Receipt(
+            self._stamp(),
+            amount,
+            idem.fingerprint,
+            status,
+            body,
+            counter_headers(state),
+        )
+        return self._apply(key, state, crdt.record(CounterState(), idem.key, receipt))
 
     def _apply(
         self, key: str, state: CounterState, delta: CounterState
     ) -> CounterState:
+        crdt.bump(state, delta, self.replica_id)
         new = crdt.merged(state, delta)
         text = codec.canonical(new)
         self.store.save(key, text)
@@ -200,6 +375,15 @@ class Node:
         self.digest.update(key, text)
         if old.live != new.live:
             self._listing = None
+        if new.receipts:
+            self._index_receipts(key, new)
+
+    def _index_receipts(self, key: str, state: CounterState) -> None:
+        for idempotency_key in state.receipts:
+            self._receipt_owner.setdefault(idempotency_key, key)
+
+    def _purge_horizon(self) -> int:
+        return hlc.from_millis(self.clock.wall() - 2 * self.retention_ms)
 
     def _take_fresh_replica_id(self) -> None:
         # Only this replica writes its own totals, so a peer holding larger
@@ -219,6 +403,33 @@ class Node:
 
     def _stamp(self) -> Stamp:
         return Stamp(self.clock.now(), self.replica_id)
+
+
+def _expired(
+    state: CounterState, horizon: int, local: CounterState | None = None
+) -> list[str]:
+    """Return the receipts of `state` older than `horizon` that count no more."""
+    deleted = state.deleted is not None or (
+        local is not None and local.deleted is not None
+    )
+    return [
+        idempotency_key
+        for idempotency_key, receipt in state.receipts.items()
+        if receipt.stamp.time < horizon and (receipt.folded or deleted)
+    ]
+
+
+def _without_expired(
+    remote: CounterState, horizon: int, local: CounterState
+) -> CounterState:
+    """Return `remote` without the receipts this node has purged or would."""
+    expired = _expired(remote, horizon, local)
+    if not expired:
+        return remote
+    remote = remote.copy()
+    for idempotency_key in expired:
+        del remote.receipts[idempotency_key]
+    return remote
 
 
 def _ahead_of(remote: CounterState, local: CounterState, replica: str) -> bool:

@@ -37,6 +37,10 @@ class Settings:
         peer further behind is repaired by digest comparison instead.
     forget_after: a peer learned from gossip or DNS, never configured, is
         forgotten after being down this long.
+    sync_timeout: how long a request may wait for other nodes: to catch up
+        with a Nixie-Context token, or to reach a Nixie-Consistency level.
+    idempotency_retention: how long a write's Idempotency-Key is
+        remembered; replays within it get the first answer.
     """
 
     host: str = DEFAULT_HOST
@@ -52,12 +56,18 @@ class Settings:
     dns_interval: float = 5.0
     delta_capacity: int = 100_000
     forget_after: float = 300.0
+    sync_timeout: float = 1.0
+    idempotency_retention: float = 86_400.0
 
     def __post_init__(self) -> None:
         if not 0 < self.gossip_interval <= 3600:
             raise ValueError("gossip interval must be in (0, 3600] seconds")
         if self.peer_timeout <= self.gossip_interval:
             raise ValueError("peer timeout must exceed the gossip interval")
+        if not 0 < self.sync_timeout <= 3600:
+            raise ValueError("sync timeout must be in (0, 3600] seconds")
+        if not 1 <= self.idempotency_retention <= 365 * 86_400:
+            raise ValueError("idempotency retention must be 1 s to 365 days")
         if self.delta_capacity < 1:
             raise ValueError("delta capacity must be at least 1")
         if self.peers_dns is not None:

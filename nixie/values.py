@@ -24,6 +24,9 @@ _ASCII_SPACE = " \t\r\n\x0b\x0c"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Keys and replica ids: URL-safe, and safe in a path, a header and a log line.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Idempotency keys: whatever a client picks that a header carries unchanged.
+IDEMPOTENCY_KEY_MAX_CHARS = 128
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")  # IDEMPOTENCY_KEY_MAX_CHARS
 
 
 def parse_int64(text: str, field: str) -> int:
@@ -75,6 +78,16 @@ def check_id(value: object, field: str) -> str:
     """Return `value` if it is a key or replica id, else raise `InvalidInput`."""
     if not isinstance(value, str) or _ID.fullmatch(value) is None:
         raise InvalidInput(f"{field}: expected 1 to 64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
+def check_idempotency_key(value: object, field: str) -> str:
+    """Return `value` if it is a valid idempotency key, else raise."""
+    if not isinstance(value, str) or _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        raise InvalidInput(
+            f"{field}: expected 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII "
+            "characters without spaces"
+        )
     return value
 
 

@@ -17,6 +17,8 @@ from nixie.errors import StorageError
 from nixie.values import INT64_MAX
 from tests.conftest import Fetch, MakeCounter
 
+METADATA_HEADERS = ("nixie-name", "nixie-description", "nixie-step")
+
 CONTRACT = Path(__file__).parent.parent / "openapi.yaml"
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -385,7 +387,7 @@ def _nixie_headers(headers: httpx.Headers) -> dict[str, str]:
     return {
         name: value
         for name, value in headers.items()
-        if name.lower().startswith("nixie-")
+        if name.lower() in METADATA_HEADERS
     }
 
 

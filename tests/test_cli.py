@@ -28,7 +28,7 @@ def _metadata(response: httpx.Response) -> dict[str, str]:
     return {
         name.lower(): value
         for name, value in response.headers.items()
-        if name.lower().startswith("nixie-")
+        if name.lower() in ("nixie-name", "nixie-description", "nixie-step")
     }
 
 

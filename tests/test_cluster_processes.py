@@ -232,7 +232,7 @@ def served(http: httpx.Client, node: NodeProcess, key: str) -> Served:
     metadata = {
         name.lower(): value
         for name, value in response.headers.raw
-        if name.lower().startswith(b"nixie-")
+        if name.lower() in (b"nixie-name", b"nixie-description", b"nixie-step")
     }
     return response.status_code, response.text, metadata
 

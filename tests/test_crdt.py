@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from nixie import crdt
-from nixie.crdt import CounterState, Register, Stamp, merged
+from nixie.crdt import CounterState, Receipt, Register, Stamp, merged
 
 T = TypeVar("T", str, int)
 
@@ -21,6 +21,18 @@ def registers(values: st.SearchStrategy[T]) -> st.SearchStrategy[Register[T]]:
     return st.builds(Register, values, stamps)
 
 
+receipt_parts = st.builds(
+    Receipt,
+    stamps,
+    st.integers(-5, 5),
+    st.sampled_from(["0" * 32, "f" * 32]),
+    st.sampled_from([200, 204]),
+    st.sampled_from(["", "1"]),
+    st.just(()),
+    st.booleans(),
+)
+receipt_maps = st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), receipt_parts)
+
 live_states = st.builds(
     CounterState,
     created=st.none() | stamps,
@@ -29,8 +41,10 @@ live_states = st.builds(
     name=st.none() | registers(st.sampled_from(["", "x", "y"])),
     description=st.none() | registers(st.sampled_from(["", "d", "e"])),
     step=st.none() | registers(st.integers(-3, 3)),
+    versions=st.dictionaries(replicas, st.integers(1, 9), max_size=3),
+    receipts=receipt_maps,
 )
-tombstones = st.builds(CounterState, deleted=stamps)
+tombstones = st.builds(CounterState, deleted=stamps, receipts=receipt_maps)
 states = live_states | tombstones
 
 
@@ -202,3 +216,100 @@ def test_concurrent_sets_add_their_differences() -> None:
     on_b = merged(base, crdt.add(base, "rb", 3 - base.value))
 
     assert merged(on_a, on_b).value == 13
+
+
+# Idempotent writes: receipts
+
+
+def attempt(state: CounterState, replica: str, time: int, amount: int) -> CounterState:
+    """Return the delta one attempt of the write "k" makes on a replica."""
+    receipt = Receipt(Stamp(time, replica), amount, "a" * 32, 200, str(amount))
+    return crdt.bump(state, crdt.record(CounterState(), "k", receipt), replica)
+
+
+@given(
+    live_states,
+    st.lists(st.tuples(replicas, st.integers(0, 50)), min_size=1, max_size=4),
+    st.integers(-5, 5),
+    st.randoms(),
+)
+def test_concurrent_attempts_count_once(
+    base: CounterState,
+    attempts: list[tuple[str, int]],
+    amount: int,
+    rng: random.Random,
+) -> None:
+    """Attempts of one write made on several replicas, in any order and any
+    number of times, move the value by one amount once they have all met."""
+    base.receipts.pop("k", None)
+    deltas = [attempt(base, r, t, amount) for r, t in attempts]
+    deltas += rng.choices(deltas, k=2)  # duplicates arrive too
+    rng.shuffle(deltas)
+
+    result = functools.reduce(merged, deltas, base.copy())
+
+    assert result.value == base.value + amount
+    earliest = min(Stamp(t, r) for r, t in attempts)
+    assert result.receipts["k"].stamp == earliest
+
+
+@given(
+    live_states,
+    st.tuples(replicas, st.integers(0, 50)),
+    st.tuples(replicas, st.integers(0, 50)),
+    st.integers(-5, 5),
+    st.randoms(),
+)
+def test_folding_never_counts_twice(
+    base: CounterState,
+    first: tuple[str, int],
+    second: tuple[str, int],
+    amount: int,
+    rng: random.Random,
+) -> None:
+    """Folding the surviving receipt into its replica's totals keeps the
+    value, whether the fold meets the other attempt before or after it."""
+    base.receipts.pop("k", None)
+    one, two = attempt(base, *first, amount), attempt(base, *second, amount)
+    joined = merged(merged(base, one), two)
+    owner = joined.receipts["k"].stamp.replica
+
+    fold = crdt.fold(joined, "k", owner)
+    assert fold is not None
+    # A replica that never saw the other attempt, or only saw it later.
+    pieces = [one, two, fold]
+    rng.shuffle(pieces)
+    result = functools.reduce(merged, pieces, base.copy())
+
+    assert result.value == base.value + amount
+    assert result.receipts["k"].folded
+    assert crdt.fold(result, "k", owner) is None  # folds once
+
+
+@given(live_states, replicas)
+def test_only_the_maker_folds(state: CounterState, replica: str) -> None:
+    """A replica folds no receipt another replica made."""
+    for key, receipt in state.receipts.items():
+        if receipt.stamp.replica != replica:
+            assert crdt.fold(state, key, replica) is None
+
+
+@given(live_states, stamps)
+def test_receipts_outlive_deletion(state: CounterState, stamp: Stamp) -> None:
+    """A tombstone keeps the receipts, so a retried write gets its answer."""
+    result = merged(state, crdt.delete(stamp))
+
+    assert not result.live
+    assert set(result.receipts) == set(state.receipts)
+
+
+@given(live_states, replicas)
+def test_versions_count_each_write(state: CounterState, replica: str) -> None:
+    """Each write of a replica raises its version by one, and merges keep
+    the largest version seen."""
+    delta = crdt.bump(state, crdt.add(state, replica, 1), replica)
+
+    after = merged(state, delta)
+
+    assert after.versions[replica] == state.versions.get(replica, 0) + 1
+    assert merged(after, state).versions == after.versions
