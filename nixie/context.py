@@ -73,6 +73,9 @@ class ContextCodec:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError) as exc:
             raise InvalidInput("Nixie-Context: not a token (bad base64)") from exc
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+            # Spare bits in the last character: one token, one spelling.
+            raise InvalidInput("Nixie-Context: not a token (non-canonical base64)")
         if len(raw) < 1 + MAC_BYTES:
             raise InvalidInput("Nixie-Context: not a token (too short)")
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]

@@ -305,7 +305,9 @@ class Node:
         for key, remote in remotes.items():
             state = self._states.get(key, CounterState())
             if remote.receipts:
-                remote = remotes[key] = _without_expired(remote, horizon, state)
+                remote = remotes[key] = _without_expired(
+                    remote, horizon, state, self.replica_id
+                )
             stale = stale or _ahead_of(remote, state, self.replica_id)
             candidate = state.copy()
             if candidate.merge(remote):
@@ -406,24 +408,42 @@ class Node:
 
 
 def _expired(
-    state: CounterState, horizon: int, local: CounterState | None = None
+    state: CounterState,
+    horizon: int,
+    local: CounterState | None = None,
+    replica: str | None = None,
 ) -> list[str]:
-    """Return the receipts of `state` older than `horizon` that count no more."""
+    """Return the receipts of `state` older than `horizon` that count no more.
+
+    Folded receipts and those of deleted counters count no more. Given the
+    `local` state of this node's `replica`, so do this replica's own
+    receipts that `local` lacks: this replica never drops a receipt it made
+    but by purging it, after folding it into its totals.
+    """
     deleted = state.deleted is not None or (
         local is not None and local.deleted is not None
     )
     return [
         idempotency_key
         for idempotency_key, receipt in state.receipts.items()
-        if receipt.stamp.time < horizon and (receipt.folded or deleted)
+        if receipt.stamp.time < horizon
+        and (
+            receipt.folded
+            or deleted
+            or (
+                local is not None
+                and receipt.stamp.replica == replica
+                and idempotency_key not in local.receipts
+            )
+        )
     ]
 
 
 def _without_expired(
-    remote: CounterState, horizon: int, local: CounterState
+    remote: CounterState, horizon: int, local: CounterState, replica: str
 ) -> CounterState:
     """Return `remote` without the receipts this node has purged or would."""
-    expired = _expired(remote, horizon, local)
+    expired = _expired(remote, horizon, local, replica)
     if not expired:
         return remote
     remote = remote.copy()

@@ -140,6 +140,16 @@ class Cluster:
         self.nodes.append(member)
         return member
 
+    async def add_three(self, **settings: object) -> list[InProcessNode]:
+        """Start three nodes that all know each other from the start."""
+        a = await self.add(**settings)
+        b = await self.add(**settings)
+        c = await self.add(**settings)
+        a.gossiper.membership.learn(b.url)
+        a.gossiper.membership.learn(c.url)
+        b.gossiper.membership.learn(c.url)
+        return [a, b, c]
+
     async def rounds(self, count: int = 1) -> None:
         """Run `count` rounds of every node, one node after another."""
         for _ in range(count):
@@ -157,6 +167,13 @@ class Cluster:
         """Tell whether every node holds exactly the same states."""
         digests = {m.node.digest.root for m in self.nodes}
         return len(digests) == 1
+
+
+async def create(member: InProcessNode, start: int = 0, **headers: str) -> str:
+    """Create a counter on `member` and return its key."""
+    response = await member.client.post("/", content=str(start), headers=headers)
+    assert response.status_code == 201, response.text
+    return response.text
 
 
 @contextlib.asynccontextmanager

@@ -6,26 +6,9 @@ from pathlib import Path
 import pytest
 
 from nixie.membership import Status
-from tests.harness import Cluster, InProcessNode
+from tests.harness import Cluster, InProcessNode, create
 
 pytestmark = pytest.mark.anyio
-
-
-async def three(cluster: Cluster) -> list[InProcessNode]:
-    """Start three nodes that all know each other."""
-    a = await cluster.add()
-    b = await cluster.add()
-    c = await cluster.add()
-    a.gossiper.membership.learn(b.url)
-    a.gossiper.membership.learn(c.url)
-    b.gossiper.membership.learn(c.url)
-    return [a, b, c]
-
-
-async def create(member: InProcessNode, start: int = 0, **headers: str) -> str:
-    response = await member.client.post("/", content=str(start), headers=headers)
-    assert response.status_code == 201, response.text
-    return response.text
 
 
 async def value(member: InProcessNode, key: str) -> int | None:
@@ -35,7 +18,7 @@ async def value(member: InProcessNode, key: str) -> int | None:
 
 async def test_creation_reaches_every_node_in_one_round(cluster: Cluster) -> None:
     """A counter created on one node is served, with metadata, by all after a round."""
-    a, b, c = await three(cluster)
+    a, b, c = await cluster.add_three()
     key = await create(a, 5, **{"Nixie-Name": "visits", "Nixie-Step": "3"})
 
     await a.round()
@@ -49,7 +32,7 @@ async def test_creation_reaches_every_node_in_one_round(cluster: Cluster) -> Non
 
 async def test_increments_on_every_node_add_up(cluster: Cluster) -> None:
     """Increments taken by different nodes sum up once the nodes have gossiped."""
-    nodes = await three(cluster)
+    nodes = await cluster.add_three()
     key = await create(nodes[0])
     await cluster.rounds()
 
@@ -64,7 +47,7 @@ async def test_increments_on_every_node_add_up(cluster: Cluster) -> None:
 
 async def test_listings_are_byte_identical(cluster: Cluster) -> None:
     """Converged nodes list the same keys in the same order."""
-    nodes = await three(cluster)
+    nodes = await cluster.add_three()
     for member in nodes * 3:
         await create(member)
 
@@ -77,7 +60,7 @@ async def test_listings_are_byte_identical(cluster: Cluster) -> None:
 
 async def test_partitioned_writes_merge_after_healing(cluster: Cluster) -> None:
     """Writes on both sides of a partition all count once it heals."""
-    a, b, c = await three(cluster)
+    a, b, c = await cluster.add_three()
     key = await create(a, 100)
     await cluster.rounds()
     cluster.network.partition([a.url], [b.url, c.url])
@@ -97,7 +80,7 @@ async def test_partitioned_writes_merge_after_healing(cluster: Cluster) -> None:
 
 async def test_delete_wins_over_concurrent_writes(cluster: Cluster) -> None:
     """A delete on one side of a partition beats increments on the other."""
-    a, b, c = await three(cluster)
+    a, b, c = await cluster.add_three()
     key = await create(a)
     await cluster.rounds()
     cluster.network.partition([a.url], [b.url, c.url])
@@ -115,7 +98,7 @@ async def test_delete_wins_over_concurrent_writes(cluster: Cluster) -> None:
 
 async def test_concurrent_patches_converge(cluster: Cluster) -> None:
     """Patches of one field converge to one value; patches of two fields both stay."""
-    a, b, _ = await three(cluster)
+    a, b, _ = await cluster.add_three()
     key = await create(a)
     await cluster.rounds()
 
@@ -254,7 +237,7 @@ async def test_wiped_peer_is_repaired(cluster: Cluster, tmp_path: Path) -> None:
 
 async def test_flush_hands_pending_writes_to_peers(cluster: Cluster) -> None:
     """A stopping node's flush leaves its latest writes on every live peer."""
-    a, b, c = await three(cluster)
+    a, b, c = await cluster.add_three()
     await cluster.rounds()
     key = a.node.create(start=1)[0]
     a.node.increment(key)
