@@ -300,26 +300,28 @@ class Gossiper:
         tasks = {
             asyncio.create_task(self._sync_with(peer, key)): peer for peer in peers
         }
-        answered = 0
+        # Counted by replica: one node reached under two URLs answers once.
+        answered: set[str] = set()
         deadline = time.monotonic() + within
         try:
             pending = set(tasks)
-            while pending and answered < wanted:
+            while pending and len(answered) < wanted:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 finished, pending = await asyncio.wait(
                     pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
-                answered += sum(1 for task in finished if task.result())
+                answered.update(filter(None, (task.result() for task in finished)))
                 if done is not None and done():
                     break
         finally:
             for task in tasks:
                 task.cancel()
-        return answered
+        return len(answered)
 
-    async def _sync_with(self, peer: Peer, key: str) -> bool:
+    async def _sync_with(self, peer: Peer, key: str) -> str | None:
+        """Exchange one counter with a peer; return its replica id, None on failure."""
         state = self.node.state(key)
         try:
             reply = await self._post(
@@ -331,14 +333,17 @@ class Gossiper:
                     "state": None if state is None else codec.encode_state(state),
                 },
             )
+            their = self._check_identity(peer, reply.get("from"))
+            if their is None:
+                return None  # this very node, under another URL
             theirs = reply.get("state")
             if theirs is not None:
                 received = parse_states({key: theirs}, None)
-                self.node.merge(received, peer.replica)
+                self.node.merge(received, their.replica)
         except (PeerError, InvalidInput) as exc:
             logger.debug("sync of %s with %s failed: %s", key, peer.url, exc)
-            return False
-        return True
+            return None
+        return their.replica
 
     # Serving peers
 
@@ -351,7 +356,10 @@ class Gossiper:
         if theirs is not None:
             self.node.merge(parse_states({key: theirs}, None), sender.replica)
         state = self.node.state(key)
-        return {"state": None if state is None else codec.encode_state(state)}
+        return {
+            "from": self.identity.encode(),
+            "state": None if state is None else codec.encode_state(state),
+        }
 
     def on_push(self, message: object) -> dict[str, Any]:
         """Merge a peer's push; answer with this node's root and backlog."""

@@ -151,3 +151,23 @@ async def test_a_replayed_write_waits_for_its_level_too(cluster: Cluster) -> Non
     assert (retried.status_code, retried.text) == (200, "1")
     assert retried.headers["nixie-replay"] == "true"
     assert [holds(m, key, 1) for m in nodes] == [True, True, True]
+
+
+async def test_a_node_reached_under_another_url_is_not_a_second_vote(
+    cluster: Cluster,
+) -> None:
+    """A peer URL that leads back to the node itself does not count towards a
+    level, and is dropped from the peers once recognised."""
+    a = await cluster.add()
+    alias = "http://alias.test:7312"
+    cluster.network.apps[alias] = a.app
+    a.gossiper.membership.learn(alias)
+    key = (await a.client.post("/")).text
+
+    first = await a.client.post(f"/{key}", headers=QUORUM)
+    second = await a.client.post(f"/{key}", headers=QUORUM)
+
+    assert first.status_code == 503
+    assert "needs 2 of 2 nodes; 1 answered" in first.text
+    assert alias not in a.gossiper.membership.peers
+    assert (second.status_code, second.text) == (200, "2")
