@@ -361,8 +361,14 @@ def _add_counter_routes(app: FastAPI) -> None:
     coordinator_of: list[Coordinator] = []
     app.state.coordinator = coordinator_of
 
-    @app.get("/", responses=_text(200, "The keys, one a line."))
+    @app.get("/", responses={**_text(200, "The keys, one a line."), **_errors(400)})
     async def list_keys(request: Request) -> Response:
+        options = _Options(request, read=True)
+        if not options.plain:
+            raise InvalidInput(
+                "Nixie-Context, Nixie-Consistency: GET / lists the keys this "
+                "node holds; read a counter to wait for others"
+            )
         return PlainTextResponse(_node(request).listing())
 
     @app.post(

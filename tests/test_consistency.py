@@ -171,3 +171,24 @@ async def test_a_node_reached_under_another_url_is_not_a_second_vote(
     assert "needs 2 of 2 nodes; 1 answered" in first.text
     assert alias not in a.gossiper.membership.peers
     assert (second.status_code, second.text) == (200, "2")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [QUORUM, ALL, {"Nixie-Context": "x"}, {"Idempotency-Key": "k"}],
+    ids=["quorum", "all", "context", "idempotency"],
+)
+async def test_the_key_list_refuses_what_it_cannot_honour(
+    cluster: Cluster, headers: dict[str, str]
+) -> None:
+    """GET / lists this node's keys; asking it for more is a 400, not ignored."""
+    a = await cluster.add()
+    await a.client.post("/")
+
+    response = await a.client.get("/", headers=headers)
+
+    assert response.status_code == 400
+    assert response.text.split(":")[0] in (
+        "Nixie-Context, Nixie-Consistency",
+        "Idempotency-Key",
+    )
