@@ -82,6 +82,16 @@ _CONSISTENCY_LEVELS = ("local", "quorum", "all")
 MAINTENANCE_MAX_INTERVAL = 60.0
 
 
+def open_node(settings: Settings) -> Node:
+    """Open the data dir of `settings` as a node, with its delta and receipt limits."""
+    return Node(
+        Store(settings.data_dir),
+        delta_capacity=settings.delta_capacity,
+        retention_ms=round(settings.idempotency_retention * 1000),
+        key_secret=settings.cluster_secret,
+    )
+
+
 def create_app(
     settings: Settings,
     node: Node | None = None,
@@ -102,15 +112,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The node loads its whole state before the first request is served,
         # so no write is ever applied on top of a partly loaded replica.
-        if node is None:
-            app.state.node = Node(
-                Store(settings.data_dir),
-                delta_capacity=settings.delta_capacity,
-                retention_ms=round(settings.idempotency_retention * 1000),
-                key_secret=settings.cluster_secret,
-            )
-        else:
-            app.state.node = node
+        app.state.node = open_node(settings) if node is None else node
         app.state.node_holder[:] = [app.state.node]
         async with httpx.AsyncClient(
             timeout=settings.peer_timeout, transport=transport

@@ -11,12 +11,10 @@ import click
 import uvicorn
 
 from nixie import __version__
-from nixie.api import create_app
+from nixie.api import create_app, open_node
 from nixie.errors import NixieError
 from nixie.launcher import run_local_cluster
-from nixie.node import Node
 from nixie.settings import DEFAULT_DATA_DIR, DEFAULT_HOST, DEFAULT_PORT, Settings
-from nixie.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +194,7 @@ def serve(settings: Settings) -> None:
     log_config = logging_config(settings.debug)
     logging.config.dictConfig(log_config)
     try:
-        node = Node(Store(settings.data_dir), delta_capacity=settings.delta_capacity)
+        node = open_node(settings)
     except NixieError as exc:
         raise click.ClickException(str(exc)) from exc
 
