@@ -51,3 +51,31 @@ def test_disagreeing_nodes_fail() -> None:
 
     assert not verdict.valid
     assert "disagree" in verdict.report
+
+
+def test_exact_check_passes_when_every_increment_is_ok_and_counted() -> None:
+    """In the exact check, start plus step times the ok increments is valid."""
+    verdict = check(history(OK, OK), {"k": (10, -3)}, {"n1": {"k": 4}}, 0.1, exact=True)
+
+    assert verdict.valid, verdict.report
+
+
+def test_exact_check_refuses_unknown_and_failed_increments() -> None:
+    """In the exact check, an increment left unknown or failed is a problem."""
+    verdict = check(
+        history(OK, UNKNOWN, FAILED), {"k": (0, 1)}, {"n1": {"k": 1}}, 0.1, exact=True
+    )
+
+    assert not verdict.valid
+    assert "1 increments unknown" in verdict.report
+    assert "1 increments failed" in verdict.report
+
+
+def test_exact_check_refuses_an_unknown_increment_that_was_applied() -> None:
+    """In the exact check, the value counts the ok increments, no more."""
+    verdict = check(
+        history(OK, UNKNOWN), {"k": (0, 1)}, {"n1": {"k": 2}}, 0.1, exact=True
+    )
+
+    assert not verdict.valid
+    assert "not 0 + 1 x n for any n in [1, 1]" in verdict.report
