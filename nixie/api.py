@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from nixie import __version__
 from nixie.cluster_api import add_cluster_routes
-from nixie.context import ContextCodec, satisfies
+from nixie.context import ContextCodec, lacking, satisfies, tag
 from nixie.crdt import DEFAULT_STEP, CounterState, Receipt
 from nixie.errors import (
     BodyTooLarge,
@@ -258,11 +258,16 @@ class Coordinator:
         if options.context is not None:
             context = self.contexts.parse(key, options.context)
             if not satisfies(self.node.state(key), context):
+                # Ask first the peers whose own writes this node lacks.
+                writers = lacking(self.node.state(key), context)
                 await self.gossiper.sync_key(
                     key,
                     self.gossiper.cluster_size,
                     self.timeout,
                     lambda: satisfies(self.node.state(key), context),
+                    lambda peer: (
+                        peer.replica is not None and tag(peer.replica) in writers
+                    ),
                 )
                 if not satisfies(self.node.state(key), context):
                     raise Unavailable(
@@ -295,9 +300,10 @@ class Coordinator:
                 f"Nixie-Consistency: {level} needs {needed} of {size} nodes; "
                 f"{answered + 1} answered within {self.timeout:g} s.{applied}"
             )
-        if what == "read":
-            # The answers merged here may be news to the nodes that sent
-            # them: hand the merged state back, within what time is left.
+        if what == "read" and answered > 1:
+            # Each peer that answered holds its own state merged with this
+            # node's; the others' answers may be news to it: hand the merged
+            # state back.
             await self.gossiper.sync_key(key, needed - 1, self.timeout)
 
 

@@ -100,8 +100,13 @@ def satisfies(state: CounterState | None, context: Context) -> bool:
         return True  # deletion wins over anything the token could name
     if context.deleted:
         return False
-    have = {tag(replica): writes for replica, writes in state.versions.items()}
-    return all(have.get(t, 0) >= writes for t, writes in context.versions)
+    return not lacking(state, context)
+
+
+def lacking(state: CounterState | None, context: Context) -> set[bytes]:
+    """Return the tags of the replicas of which `state` holds fewer writes."""
+    have = {} if state is None else {tag(r): w for r, w in state.versions.items()}
+    return {t for t, writes in context.versions if have.get(t, 0) < writes}
 
 
 def _varint(number: int) -> bytes:

@@ -15,15 +15,18 @@ sends a few hundred bytes per peer per round, whatever the number of counters.
 by hand; `Gossiper.run` repeats rounds in the background.
 
 Requests that must not wait for a round use `Gossiper.sync_key`: it sends
-one counter's state to every peer at once and merges what they answer, so a
-node can catch up on a counter (read-your-writes tokens), read it from a
-quorum, or hand a write to a quorum before acknowledging it.
+one counter's state to as many peers as the request needs, and to more only
+when one of them fails or is slow, and merges what they answer. So a node
+can catch up on a counter (read-your-writes tokens, asking the writer
+first), read it from a quorum, or hand a write to a quorum before
+acknowledging it.
 """
 
 import asyncio
 import contextlib
 import functools
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -47,6 +50,9 @@ REPAIR_MAX_KEYS = 5_000  # counters per repair call, each way (roughly)
 REPAIR_CALLS_PER_ROUND = 4
 PEERS_MAX = 1_000  # peer URLs accepted in one message
 URL_MAX_CHARS = 300
+# Seconds a one-counter exchange may go unanswered before the next peer is
+# asked too: a frozen peer holds the connection open without answering.
+HEDGE_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,39 +292,65 @@ class Gossiper:
         wanted: int,
         within: float,
         done: Callable[[], bool] | None = None,
+        prefer: Callable[[Peer], bool] | None = None,
     ) -> int:
-        """Exchange counter `key` with every peer at once; return how many answered.
+        """Exchange counter `key` with peers; return how many answered.
 
         Each peer merges this node's state of the counter and answers with
-        its own, which this node merges. Return as soon as `wanted` peers
-        have answered or `done()` holds, or after `within` seconds; the
-        exchanges still running then are abandoned.
+        its own, which this node merges. Exchanges start with `wanted` peers
+        (one when `done` is given), those that `prefer` picks first, then
+        those that are up; another peer is tried whenever one fails, or when
+        none has answered within HEDGE_SECONDS. Return as soon as `wanted`
+        peers have answered or `done()` holds, or after `within` seconds;
+        the exchanges still running then are abandoned.
         """
         if done is not None and done():
             return 0
-        peers = list(self.membership.peers.values())
-        tasks = {
-            asyncio.create_task(self._sync_with(peer, key)): peer for peer in peers
-        }
+        queue = self._sync_order(prefer)
+        deadline = time.monotonic() + within
+        running: set[asyncio.Task[str | None]] = set()
         # Counted by replica: one node reached under two URLs answers once.
         answered: set[str] = set()
-        deadline = time.monotonic() + within
+
+        def start(count: int) -> None:
+            for _ in range(min(count, len(queue))):
+                running.add(asyncio.create_task(self._sync_with(queue.pop(), key)))
+
+        start(1 if done is not None else wanted)
         try:
-            pending = set(tasks)
-            while pending and len(answered) < wanted:
+            while running and len(answered) < wanted:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                finished, pending = await asyncio.wait(
-                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                finished, _ = await asyncio.wait(
+                    running,
+                    timeout=min(left, HEDGE_SECONDS),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
-                answered.update(filter(None, (task.result() for task in finished)))
+                running -= finished
+                replicas = [task.result() for task in finished]
+                answered.update(filter(None, replicas))
                 if done is not None and done():
                     break
+                # A failed exchange, or a slow one, hands over to the next peer.
+                start(replicas.count(None) if finished else 1)
+                if not running:
+                    start(wanted - len(answered))
         finally:
-            for task in tasks:
+            for task in running:
                 task.cancel()
         return len(answered)
+
+    def _sync_order(self, prefer: Callable[[Peer], bool] | None) -> list[Peer]:
+        """Return the peers in the order to try them, the first one last."""
+        peers = list(self.membership.peers.values())
+        random.shuffle(peers)  # spread the load among equals
+        rank = {Status.UP: 0, Status.SUSPECT: 1, Status.DOWN: 2}
+        peers.sort(
+            key=lambda peer: (prefer is None or not prefer(peer), rank[peer.status]),
+            reverse=True,
+        )
+        return peers
 
     async def _sync_with(self, peer: Peer, key: str) -> str | None:
         """Exchange one counter with a peer; return its replica id, None on failure."""

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ class Network:
     down: set[str] = field(default_factory=set)
     bytes_sent: int = 0
     requests: int = 0
+    sent: list[tuple[str, str, str]] = field(default_factory=list)  # from, to, path
 
     def transport_for(self, source: str) -> httpx.AsyncBaseTransport:
         """Return the transport the node at `source` sends through."""
@@ -65,6 +67,7 @@ class _Link(httpx.AsyncBaseTransport):
         body = await request.aread()
         network.bytes_sent += len(body)
         network.requests += 1
+        network.sent.append((self.source, target, request.url.path))
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
         response = await transport.handle_async_request(request)
         content = await response.aread()
@@ -140,7 +143,7 @@ class Cluster:
         self.nodes.append(member)
         return member
 
-    async def add_three(self, **settings: object) -> list[InProcessNode]:
+    async def add_three(self, **settings: Any) -> list[InProcessNode]:
         """Start three nodes that all know each other from the start."""
         a = await self.add(**settings)
         b = await self.add(**settings)

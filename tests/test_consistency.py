@@ -97,6 +97,59 @@ async def test_a_quorum_read_writes_the_merged_state_back(cluster: Cluster) -> N
     assert [holds(m, key, 2) for m in (a, b, c)] == [True, True, True]
 
 
+async def test_a_quorum_write_asks_one_peer_when_it_answers(cluster: Cluster) -> None:
+    """Of three nodes, a quorum write reaches one peer alone when that one answers."""
+    a, _, _ = await cluster.add_three(sync_timeout=0.2)
+    key = (await a.client.post("/", headers=ALL)).text
+    cluster.network.sent.clear()
+
+    response = await a.client.post(f"/{key}", headers=QUORUM)
+
+    assert response.status_code == 200
+    assert [path for _, _, path in cluster.network.sent] == ["/_nixie/sync"]
+
+
+async def test_a_quorum_write_asks_another_peer_when_one_fails(
+    cluster: Cluster,
+) -> None:
+    """A peer that cannot be reached hands the quorum write over to the next."""
+    a, b, c = await cluster.add_three(sync_timeout=0.2)
+    key = (await a.client.post("/", headers=ALL)).text
+    for cut in (b, c):
+        cluster.network.partition([a.url], [cut.url])
+
+        response = await a.client.post(f"/{key}", headers=QUORUM)
+
+        assert response.status_code == 200
+        assert [holds(m, key, a.node.get(key).value) for m in (a, b, c)] == [
+            True,
+            cut is c,
+            cut is b,
+        ]
+        cluster.heal()
+
+
+async def test_a_quorum_read_of_one_peer_needs_no_second_exchange(
+    cluster: Cluster,
+) -> None:
+    """A quorum read that one peer answered leaves both nodes merged already."""
+    a, b, c = await cluster.add_three(sync_timeout=0.2)
+    key = (await a.client.post("/", headers=ALL)).text
+    cluster.network.partition([a.url], [b.url, c.url])
+    assert (await a.client.post(f"/{key}")).status_code == 200
+    cluster.heal()
+    cluster.network.sent.clear()
+
+    read = await b.client.get(f"/{key}", headers=QUORUM)
+
+    assert len(cluster.network.sent) == 1
+    (_, asked, _) = cluster.network.sent[0]
+    peer, expected = (a, 1) if asked == a.url else (c, 0)
+    assert (read.status_code, read.text) == (200, str(expected))
+    assert holds(b, key, expected)
+    assert holds(peer, key, expected)
+
+
 async def test_a_read_short_of_its_level_is_503(cluster: Cluster) -> None:
     """A node cut off from both peers cannot read at quorum."""
     a, b, c = await cluster.add_three(sync_timeout=0.2)

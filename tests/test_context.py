@@ -132,6 +132,43 @@ async def test_a_token_makes_another_node_serve_the_write_at_once(
 
 
 @pytest.mark.anyio
+async def test_a_token_is_pulled_from_the_node_that_wrote_it(cluster: Cluster) -> None:
+    """A node catching up on a token asks the writer first, and only the writer."""
+    a, b, c = await cluster.add_three()
+    await cluster.rounds(1)  # the nodes learn each other's replica ids
+    for writer, reader in [(a, c), (c, b), (b, a)]:
+        created = await writer.client.post("/")
+        token = {"Nixie-Context": created.headers["nixie-context"]}
+        cluster.network.sent.clear()
+
+        read = await reader.client.get(f"/{created.text}", headers=token)
+
+        assert (read.status_code, read.text) == (200, "0")
+        assert cluster.network.sent == [(reader.url, writer.url, "/_nixie/sync")]
+
+
+@pytest.mark.anyio
+async def test_a_token_is_pulled_from_another_node_when_the_writer_is_cut_off(
+    cluster: Cluster,
+) -> None:
+    """With the writer out of reach, a node that has the write supplies it."""
+    a, b, c = await cluster.add_three()
+    await cluster.rounds(1)
+    created = await a.client.post("/", content="3")
+    token = {"Nixie-Context": created.headers["nixie-context"]}
+    cluster.network.partition([a.url, b.url], [c.url])
+    await a.round()  # b merges the counter, c does not
+    cluster.network.heal()
+    cluster.network.partition([a.url], [b.url, c.url])
+    cluster.network.sent.clear()
+
+    read = await c.client.get(f"/{created.text}", headers=token)
+
+    assert (read.status_code, read.text) == (200, "3")
+    assert cluster.network.sent == [(c.url, b.url, "/_nixie/sync")]
+
+
+@pytest.mark.anyio
 async def test_a_partitioned_node_answers_503_never_a_stale_value(
     cluster: Cluster,
 ) -> None:
