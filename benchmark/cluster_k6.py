@@ -14,10 +14,7 @@ went, and are not an error.
 """
 
 import argparse
-import datetime
-import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -31,18 +28,18 @@ from benchmark.local_cluster import (
     running_cluster,
 )
 from benchmark.run import (
-    BUSY_LOAD,
-    RESULTS_DIR,
     BenchmarkError,
+    add_output_options,
     aggregate,
     cell,
     cpu_seconds,
-    failed_status_checks,
+    exit_status,
     format_table,
-    machine,
     measure,
     run_figures,
     run_k6,
+    save_report,
+    start_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -58,18 +55,26 @@ def total_cpu_seconds(nodes: list[ClusterNode]) -> float | None:
     return sum(u for u in used if u is not None) if None not in used else None
 
 
-def measure_cluster(gossip_interval: float) -> dict[str, Any]:
-    """Start a fresh cluster, run the workload across it once, and stop it."""
+def measure_cluster(
+    gossip_interval: float,
+    extra_env: dict[str, str] | None = None,
+    target: str = CLUSTER,
+) -> dict[str, Any]:
+    """Start a fresh cluster, run the workload across it once, and stop it.
+
+    extra_env adds to the k6 script's environment (its NIXIE_* options);
+    target names the run in errors.
+    """
     with (
         tempfile.TemporaryDirectory(prefix="nixie-bench-cluster-") as tmp,
         running_cluster(Path(tmp), gossip_interval=gossip_interval) as nodes,
     ):
         before = total_cpu_seconds(nodes)
-        summary = run_k6(",".join(node.url for node in nodes), Path(tmp))
+        summary = run_k6(",".join(node.url for node in nodes), Path(tmp), extra_env)
         after = total_cpu_seconds(nodes)
 
     cpu_used = after - before if before is not None and after is not None else None
-    return run_figures(CLUSTER, summary, cpu_used)
+    return run_figures(target, summary, cpu_used)
 
 
 def measure_target(target: str, gossip_interval: float) -> dict[str, Any]:
@@ -169,13 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"seconds between the cluster's gossip rounds "
         f"(default {DEFAULT_GOSSIP_INTERVAL})",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="JSON file for the raw figures "
-        "(default benchmark/results/cluster-k6-<UTC time>.json)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    add_output_options(parser, "cluster-k6")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -191,23 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     or k6 could not be run, 130 when interrupted.
     """
     args = parse_args(argv)
-    # `timeout` and supervisors send SIGTERM: unwind as on Ctrl-C, so the
-    # nodes started here are stopped on the way out.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    # httpx logs every readiness poll at INFO; those lines drown the rounds.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    host = machine()
-    if host["load_average_1min_at_start"] > BUSY_LOAD:
-        logger.warning(
-            "load average is %.2f on %d cores: expect noisy figures",
-            host["load_average_1min_at_start"],
-            host["cores"],
-        )
+    host = start_run(args.verbose)
 
     try:
         runs = run_rounds(args.rounds, args.gossip_interval)
@@ -228,17 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "runs": runs,
     }
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = args.output or RESULTS_DIR / f"cluster-k6-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"raw figures: {output}")
+    save_report(report, args.output, "cluster-k6")
 
-    broken = failed_status_checks(results)
-    if broken:
-        logger.error("checks failed: %s", broken)
-        return 1
-    return 0
+    return exit_status(results)
 
 
 if __name__ == "__main__":

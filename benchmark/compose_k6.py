@@ -21,10 +21,7 @@ every read to another node than its increment.
 """
 
 import argparse
-import datetime
-import json
 import logging
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,18 +33,18 @@ import httpx
 
 from benchmark.cluster_k6 import READ_PLACES, aggregate_target, misses
 from benchmark.run import (
-    BUSY_LOAD,
-    RESULTS_DIR,
     ROOT,
     BenchmarkError,
+    add_output_options,
     cell,
     cpu_seconds,
-    failed_status_checks,
+    exit_status,
     find_executable,
     format_table,
-    machine,
     run_figures,
     run_k6,
+    save_report,
+    start_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -197,13 +194,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_BALANCER_URL,
         help=f"the load balancer's base URL (default {DEFAULT_BALANCER_URL})",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="JSON file for the raw figures "
-        "(default benchmark/results/compose-k6-<UTC time>.json)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    add_output_options(parser, "compose-k6")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -221,20 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster or k6 could not be used, 130 when interrupted.
     """
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    host = machine()
-    if host["load_average_1min_at_start"] > BUSY_LOAD:
-        logger.warning(
-            "load average is %.2f on %d cores: expect noisy figures",
-            host["load_average_1min_at_start"],
-            host["cores"],
-        )
+    host = start_run(args.verbose)
 
     try:
         check_reachable([*args.nodes, args.balancer])
@@ -257,17 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "runs": runs,
     }
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = args.output or RESULTS_DIR / f"compose-k6-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"raw figures: {output}")
+    save_report(report, args.output, "compose-k6")
 
-    broken = failed_status_checks(results)
-    if broken:
-        logger.error("checks failed: %s", broken)
-        return 1
-    return 0
+    return exit_status(results)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from benchmark.local_cluster import DEFAULT_GOSSIP_INTERVAL, running_cluster
-from benchmark.run import BUSY_LOAD, RESULTS_DIR, BenchmarkError
+from benchmark.run import BUSY_LOAD, RESULTS_DIR, BenchmarkError, add_output_options
 
 logger = logging.getLogger(__name__)
 
@@ -299,13 +299,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default {DEFAULT_GOSSIP_INTERVAL})",
     )
     parser.add_argument("--seed", type=int, help="seed of the random choices")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="JSON file for the raw figures "
-        "(default benchmark/results/convergence-<UTC time>.json)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    add_output_options(parser, "convergence")
     args = parser.parse_args(argv)
     for name in ("bursts", "writes", "counters", "clients"):
         if getattr(args, name) < 1:

@@ -380,6 +380,60 @@ def machine() -> dict[str, Any]:
     }
 
 
+def add_output_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Add --output (the raw figures' file, see `save_report`) and --verbose."""
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON file for the raw figures "
+        f"(default benchmark/results/{prefix}-<UTC time>.json)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+
+
+def start_run(verbose: bool) -> dict[str, Any]:
+    """Set up signals and logging for a benchmark run; return `machine()`.
+
+    Warn when the machine is already busy, since its figures would be noisy.
+    """
+    # `timeout` and supervisors send SIGTERM: unwind as on Ctrl-C, so the
+    # servers a run started are stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    # httpx logs every request at INFO; those lines drown the rounds.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    host = machine()
+    if host["load_average_1min_at_start"] > BUSY_LOAD:
+        logger.warning(
+            "load average is %.2f on %d cores: expect noisy figures",
+            host["load_average_1min_at_start"],
+            host["cores"],
+        )
+    return host
+
+
+def save_report(report: dict[str, Any], output: Path | None, prefix: str) -> None:
+    """Write the raw figures to `output`, or to a time-stamped file of RESULTS_DIR."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = output or RESULTS_DIR / f"{prefix}-{stamp}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"raw figures: {output}")
+
+
+def exit_status(results: dict[str, dict[str, Any]]) -> int:
+    """Return 1 and log the failed checks when a status check failed, else 0."""
+    broken = failed_status_checks(results)
+    if broken:
+        logger.error("checks failed: %s", broken)
+        return 1
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(
@@ -397,13 +451,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="both",
         help="which servers to measure (default both)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="JSON file for the raw figures "
-        "(default benchmark/results/bench-<UTC time>.json)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines")
+    add_output_options(parser, "bench")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -451,20 +499,7 @@ def failed_status_checks(results: dict[str, dict[str, Any]]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, save the figures; return the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
-    # httpx logs every readiness poll at INFO; those lines drown the rounds.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    host = machine()
-    if host["load_average_1min_at_start"] > BUSY_LOAD:
-        logger.warning(
-            "load average is %.2f on %d cores: expect noisy figures",
-            host["load_average_1min_at_start"],
-            host["cores"],
-        )
+    host = start_run(args.verbose)
 
     targets = list(TARGETS) if args.target == "both" else [args.target]
     try:
@@ -483,17 +518,9 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_nixie_over_bare": ratios(results) if len(results) == 2 else None,
         "runs": runs,
     }
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    output = args.output or RESULTS_DIR / f"bench-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"raw figures: {output}")
+    save_report(report, args.output, "bench")
 
-    broken = failed_status_checks(results)
-    if broken:
-        logger.error("checks failed: %s", broken)
-        return 1
-    return 0
+    return exit_status(results)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,20 @@
 // for a single one). Every request picks one at random, so the same script
 // spreads its load over a cluster. NIXIE_SUMMARY names the JSON file that
 // handleSummary writes for benchmark/run.py.
+//
+// Options for the read-your-writes scenarios (benchmark/consistency_k6.py),
+// all off by default:
+//
+//   NIXIE_READ_ELSEWHERE=1  read on another base URL than the increment's
+//                           (when there are two or more)
+//   NIXIE_CARRY_CONTEXT=1   send the increment's Nixie-Context token with the read
+//   NIXIE_CONSISTENCY=L     send Nixie-Consistency: L (local, quorum or all)
+//                           with both the increment and the read
+//   NIXIE_IDEMPOTENT=1      send a fresh Idempotency-Key with every increment
 
 import http from "k6/http";
 import { check, fail, sleep } from "k6";
-import { Rate, Trend } from "k6/metrics";
+import { Counter, Rate, Trend } from "k6/metrics";
 
 const COUNTERS = 500;
 const SCENARIO = "increment_read";
@@ -26,6 +36,40 @@ const AWAIT_URLS = (__ENV.NIXIE_AWAIT_URLS || BASE_URLS.join(","))
 
 const SUMMARY_PATH = __ENV.NIXIE_SUMMARY || "summary.json";
 
+const CONSISTENCY_LEVELS = ["local", "quorum", "all"];
+
+function flag(name) {
+  const value = (__ENV[name] || "").trim().toLowerCase();
+  if (["", "0", "false", "no"].includes(value)) {
+    return false;
+  }
+  if (["1", "true", "yes"].includes(value)) {
+    return true;
+  }
+  throw new Error(`${name}=${__ENV[name]}: expected 1 or 0`);
+}
+
+const MODE = {
+  read_elsewhere: flag("NIXIE_READ_ELSEWHERE"),
+  carry_context: flag("NIXIE_CARRY_CONTEXT"),
+  consistency: (__ENV.NIXIE_CONSISTENCY || "").trim().toLowerCase() || null,
+  idempotent: flag("NIXIE_IDEMPOTENT"),
+};
+if (MODE.consistency !== null && !CONSISTENCY_LEVELS.includes(MODE.consistency)) {
+  throw new Error(
+    `NIXIE_CONSISTENCY=${__ENV.NIXIE_CONSISTENCY}: expected one of ` +
+      CONSISTENCY_LEVELS.join(", "),
+  );
+}
+
+// A token, or a quorum or all level on both the write and the read, promises
+// that the read sees the increment: its value is then at least the
+// increment's answer. It may be more, when another virtual user incremented
+// the same key in between, so the exact `counter match` can still miss.
+const READ_YOUR_WRITES =
+  MODE.carry_context || MODE.consistency === "quorum" || MODE.consistency === "all";
+const COVERS_CHECK = "read >= increment";
+
 // The scenario's own wall time: http_reqs' rate divides by the whole run,
 // setup's 500 creations included, which would understate the workload rate.
 const workloadDuration = new Trend("workload_duration", true);
@@ -35,6 +79,14 @@ const workloadDuration = new Trend("workload_duration", true);
 // lag apart from two virtual users racing on one key.
 const matchSameNode = new Rate("counter_match_same_node");
 const matchOtherNode = new Rate("counter_match_other_node");
+
+// Where the read stood against the increment's answer: equal; ahead, when
+// another virtual user's write to the key came in between (a race, not
+// lag); or behind, when the read missed the increment (replication lag, or
+// a broken promise when READ_YOUR_WRITES holds).
+const readEqual = new Counter("read_equal");
+const readAhead = new Counter("read_ahead");
+const readBehind = new Counter("read_behind");
 
 export const options = {
   scenarios: {
@@ -53,11 +105,57 @@ export const options = {
     [`http_reqs{scenario:${SCENARIO}}`]: [],
     [`http_req_duration{scenario:${SCENARIO}}`]: [],
     [`http_req_failed{scenario:${SCENARIO}}`]: [],
+    "http_req_duration{op:increment}": [],
+    "http_req_duration{op:read}": [],
   },
 };
 
 function pickBaseUrl() {
   return BASE_URLS[Math.floor(Math.random() * BASE_URLS.length)];
+}
+
+function pickReadUrl(writeUrl) {
+  if (!MODE.read_elsewhere || BASE_URLS.length < 2) {
+    return pickBaseUrl();
+  }
+  const others = BASE_URLS.filter((url) => url !== writeUrl);
+  return others[Math.floor(Math.random() * others.length)];
+}
+
+function incrementHeaders() {
+  const headers = {};
+  if (MODE.consistency !== null) {
+    headers["Nixie-Consistency"] = MODE.consistency;
+  }
+  if (MODE.idempotent) {
+    headers["Idempotency-Key"] = crypto.randomUUID();
+  }
+  return headers;
+}
+
+function readHeaders(incremented) {
+  const headers = {};
+  if (MODE.consistency !== null) {
+    headers["Nixie-Consistency"] = MODE.consistency;
+  }
+  const token = incremented.headers["Nixie-Context"];
+  if (MODE.carry_context && token) {
+    headers["Nixie-Context"] = token;
+  }
+  return headers;
+}
+
+// Compare two decimal bodies as exact integers: -1, 0 or 1, or null when
+// either is not a number (a failed request).
+function compareValues(read, written) {
+  const decimal = /^[+-]?[0-9]+$/;
+  const a = (read || "").trim();
+  const b = (written || "").trim();
+  if (!decimal.test(a) || !decimal.test(b)) {
+    return null;
+  }
+  const difference = BigInt(a) - BigInt(b);
+  return difference > 0n ? 1 : difference < 0n ? -1 : 0;
 }
 
 export function setup() {
@@ -105,18 +203,33 @@ export default function (data) {
   const key = data.keys[Math.floor(Math.random() * data.keys.length)];
 
   const writeUrl = pickBaseUrl();
-  const incremented = http.post(`${writeUrl}/${key}`, null);
+  const incremented = http.post(`${writeUrl}/${key}`, null, {
+    headers: incrementHeaders(),
+    tags: { op: "increment" },
+  });
   check(incremented, { "increment status 200": (r) => r.status === 200 });
 
-  const readUrl = pickBaseUrl();
-  const read = http.get(`${readUrl}/${key}`);
-  check(read, {
+  const readUrl = pickReadUrl(writeUrl);
+  const read = http.get(`${readUrl}/${key}`, {
+    headers: readHeaders(incremented),
+    tags: { op: "read" },
+  });
+  const checks = {
     "read status 200": (r) => r.status === 200,
     "counter match": (r) => r.body === incremented.body,
-  });
+  };
+  const order = compareValues(read.body, incremented.body);
+  if (READ_YOUR_WRITES) {
+    checks[COVERS_CHECK] = () => order !== null && order >= 0;
+  }
+  check(read, checks);
+
   (readUrl === writeUrl ? matchSameNode : matchOtherNode).add(
     read.body === incremented.body,
   );
+  if (order !== null) {
+    [readBehind, readEqual, readAhead][order + 1].add(1);
+  }
 }
 
 export function teardown(data) {
@@ -162,6 +275,10 @@ export function handleSummary(data) {
       requests_per_s: rate,
       http_req_duration_ms: duration,
       http_req_failed_rate: failed.rate,
+      http_req_duration_ms_by_op: {
+        increment: values(data, "http_req_duration{op:increment}"),
+        read: values(data, "http_req_duration{op:read}"),
+      },
     },
     whole_run: {
       test_run_duration_ms: data.state.testRunDurationMs,
@@ -172,6 +289,12 @@ export function handleSummary(data) {
     counter_match_by_read_node: {
       same: matches(data, "counter_match_same_node"),
       other: matches(data, "counter_match_other_node"),
+    },
+    mode: { ...MODE, read_your_writes: READ_YOUR_WRITES },
+    read_vs_increment: {
+      equal: values(data, "read_equal").count || 0,
+      ahead: values(data, "read_ahead").count || 0,
+      behind: values(data, "read_behind").count || 0,
     },
   };
 
@@ -190,6 +313,8 @@ export function handleSummary(data) {
       );
     }
   }
+  const { equal, ahead, behind } = summary.read_vs_increment;
+  lines.push(`read vs increment: ${equal} equal, ${ahead} ahead, ${behind} behind`);
 
   return {
     stdout: lines.join("\n") + "\n",
