@@ -467,9 +467,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fold",
         type=counts,
-        default=[100, 1000, 3000],
-        help="receipts to fold; one counter's fold time grows with their square "
-        "(default 100,1000,3000)",
+        default=[100, 1000, 10_000],
+        help="receipts to fold, on one counter and spread over as many "
+        "(default 100,1000,10000)",
     )
     parser.add_argument(
         "--output",

@@ -35,6 +35,8 @@ This module does no I/O and knows nothing of keys, HTTP or storage.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
@@ -315,26 +317,24 @@ def bump(state: CounterState, delta: CounterState, replica: str) -> CounterState
     return delta
 
 
-def fold(state: CounterState, key: str, replica: str) -> CounterState | None:
-    """Return the delta that folds `replica`'s receipt `key` into its totals.
+def fold(state: CounterState, keys: Iterable[str], replica: str) -> CounterState | None:
+    """Return the delta that folds `replica`'s receipts `keys` into its totals.
 
-    Only the replica that made the receipt folds it, so the amount moves into
-    one replica's totals once. None when there is nothing to fold.
+    Only the replica that made a receipt folds it, so its amount moves into
+    one replica's totals once. The receipts fold together, in one delta that
+    adds their sum. None when none of them is left to fold.
     """
-    receipt = state.receipts.get(key)
-    if receipt is None or receipt.folded or receipt.stamp.replica != replica:
+    folded = {
+        key: dataclasses.replace(receipt, folded=True)
+        for key in keys
+        if (receipt := state.receipts.get(key)) is not None
+        and not receipt.folded
+        and receipt.stamp.replica == replica
+    }
+    if not folded:
         return None
-    folded = Receipt(
-        receipt.stamp,
-        receipt.amount,
-        receipt.fingerprint,
-        receipt.status,
-        receipt.body,
-        receipt.headers,
-        folded=True,
-    )
     if state.deleted is not None:
-        return CounterState(deleted=state.deleted, receipts={key: folded})
-    delta = add(state, replica, receipt.amount)
-    delta.receipts[key] = folded
+        return CounterState(deleted=state.deleted, receipts=folded)
+    delta = add(state, replica, sum(receipt.amount for receipt in folded.values()))
+    delta.receipts.update(folded)
     return bump(state, delta, replica)

@@ -248,22 +248,30 @@ class Node:
     # Upkeep of receipts
 
     def fold_receipts(self) -> int:
-        """Fold this replica's receipts older than the window; return how many."""
+        """Fold this replica's receipts older than the window; return how many.
+
+        The due receipts of one counter fold in one write of it.
+        """
         oldest = hlc.from_millis(self.clock.wall() - self.retention_ms)
-        due = [
-            (key, idempotency_key)
+        due = {
+            key: [
+                idempotency_key
+                for idempotency_key, receipt in state.receipts.items()
+                if not receipt.folded
+                and receipt.stamp.replica == self.replica_id
+                and receipt.stamp.time < oldest
+            ]
             for key, state in self._states.items()
-            for idempotency_key, receipt in state.receipts.items()
-            if not receipt.folded
-            and receipt.stamp.replica == self.replica_id
-            and receipt.stamp.time < oldest
-        ]
-        for key, idempotency_key in due:
+            if state.receipts
+        }
+        folded = 0
+        for key, idempotency_keys in due.items():
             state = self._states[key]
-            delta = crdt.fold(state, idempotency_key, self.replica_id)
+            delta = crdt.fold(state, idempotency_keys, self.replica_id)
             if delta is not None:
                 self._apply(key, state, delta)
-        return len(due)
+                folded += len(idempotency_keys)
+        return folded
 
     def purge_receipts(self) -> int:
         """Drop receipts past twice the window that no longer count; return how many.

@@ -274,7 +274,7 @@ def test_folding_never_counts_twice(
     joined = merged(merged(base, one), two)
     owner = joined.receipts["k"].stamp.replica
 
-    fold = crdt.fold(joined, "k", owner)
+    fold = crdt.fold(joined, ["k"], owner)
     assert fold is not None
     # A replica that never saw the other attempt, or only saw it later.
     pieces = [one, two, fold]
@@ -283,7 +283,40 @@ def test_folding_never_counts_twice(
 
     assert result.value == base.value + amount
     assert result.receipts["k"].folded
-    assert crdt.fold(result, "k", owner) is None  # folds once
+    assert crdt.fold(result, ["k"], owner) is None  # folds once
+
+
+@given(
+    live_states,
+    replicas,
+    st.lists(st.integers(-5, 5), min_size=1, max_size=5),
+    st.randoms(),
+)
+def test_receipts_folded_together_keep_the_value(
+    base: CounterState, owner: str, amounts: list[int], rng: random.Random
+) -> None:
+    """One fold of several receipts, of either sign, moves their sum into the
+    owner's totals, whatever order it meets the writes that made them in."""
+    keys = [f"k{i}" for i in range(len(amounts))]
+    for key in keys:
+        base.receipts.pop(key, None)
+    writes = []
+    state = base.copy()
+    for time, (key, amount) in enumerate(zip(keys, amounts, strict=True)):
+        receipt = Receipt(Stamp(1000 + time, owner), amount, "a" * 32, 200, "")
+        write = crdt.bump(state, crdt.record(CounterState(), key, receipt), owner)
+        writes.append(write)
+        state = merged(state, write)
+
+    fold = crdt.fold(state, keys, owner)
+    assert fold is not None
+    pieces = [*writes, fold]
+    rng.shuffle(pieces)
+    result = functools.reduce(merged, pieces, base.copy())
+
+    assert result.value == base.value + sum(amounts)
+    assert all(result.receipts[key].folded for key in keys)
+    assert crdt.fold(result, keys, owner) is None  # folds once
 
 
 @given(live_states, replicas)
@@ -291,7 +324,7 @@ def test_only_the_maker_folds(state: CounterState, replica: str) -> None:
     """A replica folds no receipt another replica made."""
     for key, receipt in state.receipts.items():
         if receipt.stamp.replica != replica:
-            assert crdt.fold(state, key, replica) is None
+            assert crdt.fold(state, [key], replica) is None
 
 
 @given(live_states, stamps)
