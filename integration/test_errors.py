@@ -350,6 +350,63 @@ def test_input_a_write_would_ignore_is_refused(
     assert {"nixie-name": "before", "nixie-step": "2"} == read_metadata(client, key)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content", "headers", "field"),
+    [
+        ("GET", "/{key}", b"1", {}, "body"),
+        ("GET", "/{key}", b"", {"Nixie-Name": "n"}, "Nixie-Name"),
+        ("GET", "/{key}", b"", {"Nixie-Step": "5"}, "Nixie-Step"),
+        ("GET", "/", b"1", {}, "body"),
+        ("GET", "/", b"", {"Nixie-Description": "d"}, "Nixie-Description"),
+    ],
+)
+def test_input_a_read_would_ignore_is_refused(
+    client: httpx.Client,
+    make_counter: MakeCounter,
+    method: str,
+    path: str,
+    content: bytes,
+    headers: dict[str, str],
+    field: str,
+) -> None:
+    """A body or Nixie-* header sent with a read is refused, not ignored."""
+    key = make_counter(start=3, name="before", step=2)
+
+    response = client.request(
+        method, path.format(key=key), content=content, headers=headers
+    )
+    head = client.head(f"/{key}", headers=headers or {"Content-Length": "0"})
+
+    assert 400 == response.status_code
+    assert response.text.startswith(f"{field}: ")
+    assert (400 if headers else 204) == head.status_code
+    assert {"nixie-name": "before", "nixie-step": "2"} == read_metadata(client, key)
+
+
+def test_a_level_given_twice_is_refused(
+    client: httpx.Client, make_counter: MakeCounter
+) -> None:
+    """Two Nixie-Consistency headers are a 400, whichever they name."""
+    key = make_counter(start=3)
+
+    response = client.post(
+        f"/{key}",
+        headers=[("Nixie-Consistency", "all"), ("Nixie-Consistency", "local")],
+    )
+
+    assert 400 == response.status_code
+    assert "Nixie-Consistency: given more than once" == response.text
+    assert "3" == read_value(client, key)
+
+
+def test_an_unprintable_key_is_shown_escaped(client: httpx.Client) -> None:
+    """A 404 shows control characters of the path escaped, not raw."""
+    response = client.get("/a%00b%1b")
+
+    assert 404 == response.status_code
+    assert "Unknown key a\\x00b\\x1b" == response.text
+
+
 def test_trailing_slash_is_not_a_counter(
     client: httpx.Client, make_counter: MakeCounter
 ) -> None:

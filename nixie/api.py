@@ -30,12 +30,14 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from nixie import __version__
 from nixie.cluster_api import add_cluster_routes
 from nixie.context import ContextCodec, lacking, satisfies, tag
 from nixie.crdt import DEFAULT_STEP, CounterState, Receipt
 from nixie.errors import (
+    BodyTimeout,
     BodyTooLarge,
     IdempotencyConflict,
     InvalidInput,
@@ -64,12 +66,15 @@ logger = logging.getLogger(__name__)
 # The longest valid body is a 64-bit integer with a sign and some whitespace;
 # anything much longer is refused before it is read in full.
 BODY_MAX_BYTES = 1024
+# Seconds a client may take to send a body; uvicorn waits for ever.
+BODY_TIMEOUT = 10.0
 
 _STATUS = {
     InvalidInput: 400,
     Unauthorized: 401,
     UnknownKey: 404,
     OutOfRange: 409,
+    BodyTimeout: 408,
     BodyTooLarge: 413,
     IdempotencyConflict: 422,
     StorageError: 503,
@@ -317,6 +322,7 @@ class _Options:
         self.idempotency_key: str | None = None
         self.level = "local"
         self.read = read
+        level: str | None = None
         for name, value in request.scope["headers"]:
             if name == b"nixie-context":
                 self.context = _single(self.context, value, "Nixie-Context")
@@ -326,7 +332,7 @@ class _Options:
                     "Idempotency-Key",
                 )
             elif name == b"nixie-consistency":
-                level = value.decode("latin-1").strip().lower()
+                level = _single(level, value, "Nixie-Consistency").lower()
                 if level not in _CONSISTENCY_LEVELS:
                     raise InvalidInput(
                         "Nixie-Consistency: expected one of "
@@ -371,6 +377,7 @@ def _add_counter_routes(app: FastAPI) -> None:
 
     @app.get("/", responses={**_text(200, "The keys, one a line."), **_errors(400)})
     async def list_keys(request: Request) -> Response:
+        _refuse_extras(request)
         options = _Options(request, read=True)
         if not options.plain:
             raise InvalidInput(
@@ -382,7 +389,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.post(
         "/",
         status_code=201,
-        responses={**_text(201, "The new key."), **_errors(400, 413, 422, 503)},
+        responses={**_text(201, "The new key."), **_errors(400, 408, 413, 422, 503)},
         openapi_extra=_extra(meta=True, body="optional", write=True, context=False),
     )
     async def create_counter(request: Request) -> Response:
@@ -418,8 +425,9 @@ def _add_counter_routes(app: FastAPI) -> None:
     )
     async def check_counter(request: Request) -> Response:
         key = request.path_params["key"]
-        options = _Options(request, read=True)
         try:
+            _refuse_extras(request)
+            options = _Options(request, read=True)
             if not options.plain:
                 await coordinator_of[0].catch_up(key, options)
             state = _node(request).get(key)
@@ -436,6 +444,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     )
     async def read_counter(request: Request) -> Response:
         key = request.path_params["key"]
+        _refuse_extras(request)
         options = _Options(request, read=True)
         if not options.plain:
             await coordinator_of[0].catch_up(key, options)
@@ -493,7 +502,7 @@ def _add_counter_routes(app: FastAPI) -> None:
     @app.put(
         "/{key}",
         status_code=204,
-        responses=_errors(400, 404, 413, 422, 503),
+        responses=_errors(400, 404, 408, 413, 422, 503),
         openapi_extra=_extra(meta=False, body="required", write=True),
     )
     async def set_counter(request: Request) -> Response:
@@ -575,11 +584,20 @@ async def _read_body(request: Request, field: str) -> str:
 
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > BODY_MAX_BYTES:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > BODY_MAX_BYTES:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise BodyTimeout(
+            f"{field}: body not received in full within {BODY_TIMEOUT:g} s"
+        ) from exc
+    except ClientDisconnect as exc:
+        # Nobody reads this answer; it keeps the traceback out of the log.
+        raise InvalidInput(f"{field}: the client left before sending the body") from exc
     try:
         return b"".join(chunks).decode("ascii")
     except UnicodeDecodeError as exc:

@@ -3,6 +3,7 @@
 NixieError
 ├── InvalidInput       a value, header or payload is malformed (400)
 ├── BodyTooLarge       a request body exceeds what any valid input needs (413)
+├── BodyTimeout        a request body did not arrive in time (408)
 ├── UnknownKey         no such counter, or it was deleted (404)
 ├── OutOfRange         a result would leave the signed 64-bit range (409)
 ├── IdempotencyConflict an Idempotency-Key was used for another request (422)
@@ -25,11 +26,18 @@ class BodyTooLarge(NixieError):
     """Refuse a request body longer than any valid input."""
 
 
+class BodyTimeout(NixieError):
+    """Refuse a request whose body did not arrive in full in time."""
+
+
 class UnknownKey(NixieError):
     """Report a key that names no live counter."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"Unknown key {key}")
+        # A path may hold any character; the message shows unprintable
+        # ones escaped rather than sending them back raw.
+        shown = key if key.isprintable() else key.encode("unicode_escape").decode()
+        super().__init__(f"Unknown key {shown}")
         self.key = key
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import yaml
@@ -395,3 +396,68 @@ def _raw_header(response: httpx.Response, name: bytes) -> bytes:
     values = [value for key, value in response.headers.raw if key.lower() == name]
     assert len(values) == 1, f"{name!r} appears {len(values)} times"
     return values[0]
+
+
+def raw_request(
+    client: TestClient, method: str, path: str, receive: Any
+) -> tuple[int | None, bytes]:
+    """Call the running app with an ASGI `receive` of the test's own."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"content-length", b"10")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    assert client.portal is not None
+    client.portal.call(client.app, scope, receive, send)
+    start = next((m for m in sent if m["type"] == "http.response.start"), {})
+    body = b"".join(
+        m.get("body", b"") for m in sent if m["type"] == "http.response.body"
+    )
+    return start.get("status"), body
+
+
+def test_a_body_that_stops_arriving_is_408(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body whose sender stalls is refused once the body deadline passes."""
+    monkeypatch.setattr("nixie.api.BODY_TIMEOUT", 0.05)
+    chunks = [{"type": "http.request", "body": b"12", "more_body": True}]
+
+    async def stalls() -> dict[str, Any]:
+        if chunks:
+            return chunks.pop()
+        await anyio.sleep(3600)  # the rest of the body never comes
+        raise AssertionError("the body deadline did not fire")
+
+    status, body = raw_request(client, "POST", "/", stalls)
+
+    assert 408 == status
+    assert body.startswith(b"start value: body not received in full within 0.05 s")
+    assert "" == client.get("/").text
+
+
+def test_a_client_that_leaves_mid_body_changes_nothing(client: TestClient) -> None:
+    """A disconnect before the body is in is answered to nobody, and logged calmly."""
+
+    async def leaves() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    status, body = raw_request(client, "POST", "/", leaves)
+
+    assert 400 == status
+    assert body.startswith(b"start value: the client left")
+    assert "" == client.get("/").text
