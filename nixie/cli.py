@@ -3,6 +3,7 @@
 import copy
 import logging
 import logging.config
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def _peer_list(
 @click.option(
     "-p",
     "--port",
-    type=click.IntRange(0, 65535),
+    type=click.IntRange(1, 65535),
     default=DEFAULT_PORT,
     envvar="NIXIE_PORT",
     show_envvar=True,
@@ -193,9 +194,11 @@ def serve(settings: Settings) -> None:
     """Open the data dir and serve the API until interrupted."""
     log_config = logging_config(settings.debug)
     logging.config.dictConfig(log_config)
+    listener = listen(settings.host, settings.port)
     try:
         node = open_node(settings)
     except NixieError as exc:
+        listener.close()
         raise click.ClickException(str(exc)) from exc
 
     logger.info(
@@ -211,7 +214,32 @@ def serve(settings: Settings) -> None:
         log_config=log_config,
         log_level="debug" if settings.debug else "info",
     )
-    uvicorn.Server(config).run()
+    # uvicorn names no address when it is handed a socket.
+    logger.info("listening on http://%s:%d", settings.host, settings.port)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the node's listening socket, or fail with one line saying why.
+
+    Binding here, before uvicorn starts, turns a bad address or a port in
+    use into a plain error instead of a traceback after start-up.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from exc
+    listener.set_inheritable(True)
+    return listener
 
 
 class QuietPeerTraffic(logging.Filter):

@@ -2,6 +2,7 @@
 
 import re
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -150,6 +151,7 @@ def test_help_names_every_environment_variable(tmp_path: Path, flag: str) -> Non
         ["--bogus"],
         ["-p", "abc"],
         ["-p", "70000"],
+        ["-p", "0"],
         ["--port"],
         ["--peers", "localhost:7313"],
         ["--peers", "ftp://x"],
@@ -160,6 +162,7 @@ def test_help_names_every_environment_variable(tmp_path: Path, flag: str) -> Non
         "unknown",
         "not-a-number",
         "out-of-range",
+        "port-zero",
         "missing-value",
         "peer-without-scheme",
         "peer-not-http",
@@ -174,6 +177,38 @@ def test_bad_option_is_one_line_and_status_2(tmp_path: Path, args: list[str]) ->
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [("127.0.0.1", "Address already in use"), ("999.1.1.1", "not known")],
+    ids=["port-in-use", "unknown-host"],
+)
+def test_an_address_it_cannot_listen_on_is_one_line(
+    tmp_path: Path, host: str, reason: str
+) -> None:
+    """A port in use or a bad host stops the node before it opens its data dir."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--host",
+            host,
+            "-p",
+            str(port),
+            work_dir=tmp_path,
+        )
+
+    assert 1 == result.returncode
+    assert [f"cannot listen on {host}:{port}"] == [
+        line.partition(": [")[0].removeprefix("nixie-cli: error: ")
+        for line in result.stderr.splitlines()
+    ]
+    assert reason in result.stderr
     assert not (tmp_path / "data").exists()
 
 
