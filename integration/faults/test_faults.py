@@ -149,3 +149,21 @@ def test_wiped_node_returns_with_a_fresh_id_and_nothing_lost(
 
     assert verdict.valid, verdict.report
     assert cluster.replica_id("nixie2") != old_id
+
+
+def test_the_balancer_keeps_the_peer_endpoints_to_the_nodes(
+    cluster: ComposeCluster,
+) -> None:
+    """Through the balancer the peer endpoints are refused; the rest is served."""
+    peer_paths = ["/_nixie/gossip", "/_nixie/digest", "/_nixie/repair", "/_nixie/sync"]
+
+    refused = [
+        httpx.post(f"{cluster.lb_url}{path}", content="{}", timeout=5).status_code
+        for path in peer_paths
+    ]
+    health = httpx.get(f"{cluster.lb_url}/_nixie/health", timeout=5)
+    created = httpx.post(f"{cluster.lb_url}/", content="7", timeout=5)
+
+    assert [403] * len(peer_paths) == refused
+    assert 200 == health.status_code
+    assert 201 == created.status_code
