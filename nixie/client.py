@@ -11,15 +11,20 @@
 or `async with`.
 
 Each attempt goes to a random node that has not failed in the last `cooldown`
-seconds. A connection error, a timeout or a 5xx answer puts that node in
-cooldown and sends the request to another, up to `attempts` times in all;
+seconds. A connection error, a timeout, a 408 or a 5xx answer puts that node
+in cooldown and sends the request to another, up to `attempts` times in all;
 every attempt of a write carries the same Idempotency-Key, so the cluster
-applies it once. A 4xx answer is final and raises the matching exception of
-`nixie.errors`.
+applies it once. Any other 4xx answer is final (but for a refused token,
+below) and raises the matching exception of `nixie.errors`. Names and
+descriptions are checked against the nodes' rules before anything is sent,
+and a request that httpx refuses to send raises `InvalidInput` at once.
 
 The client keeps the newest Nixie-Context token of each counter it has used
 and sends it with every later request about that counter, so the node that
-answers has seen at least what this client saw.
+answers has seen at least what this client saw. A token the cluster refuses
+(after a restart with a new cluster secret, say) is dropped, and the request
+is sent once more, to the same node and with the same Idempotency-Key, without
+it; reading your own writes then restarts from what the answering node has.
 """
 
 import logging
@@ -55,7 +60,12 @@ from nixie.errors import (
     Unavailable,
     UnknownKey,
 )
-from nixie.values import check_idempotency_key
+from nixie.values import (
+    DESCRIPTION_MAX_CHARS,
+    NAME_MAX_CHARS,
+    check_idempotency_key,
+    check_text,
+)
 
 __all__ = ["AsyncClient", "Client", "Consistency", "Counter"]
 
@@ -160,6 +170,13 @@ class _Contexts:
             if len(self._tokens) > self._capacity:
                 self._tokens.popitem(last=False)
 
+    def drop(self, key: str, token: str) -> None:
+        """Forget the token of `key` if it is still `token`."""
+        with self._lock:
+            # Another thread may have kept a newer, valid token meanwhile.
+            if self._tokens.get(key) == token:
+                del self._tokens[key]
+
 
 class _BaseClient(Generic[_TransportT]):
     """Share everything but the I/O between `Client` and `AsyncClient`."""
@@ -208,15 +225,17 @@ class _BaseClient(Generic[_TransportT]):
         check_idempotency_key(idempotency_key, "idempotency_key")
         return self._read_headers(consistency) | {_IDEMPOTENCY: idempotency_key}
 
-    def _prepare(self, call: _Call[Any]) -> tuple[str, httpx.Request]:
-        """Choose the node for one attempt and build the request it gets."""
-        node = self._nodes.pick()
+    def _token(self, call: _Call[Any]) -> str | None:
+        """Return the token kept for the counter `call` is about, if any."""
+        return None if call.key is None else self._contexts.get(call.key)
+
+    def _request(self, call: _Call[Any], node: str, token: str | None) -> httpx.Request:
+        """Build the request `node` gets for `call`, carrying `token` if any."""
         headers = dict(call.headers)
-        token = None if call.key is None else self._contexts.get(call.key)
         if token is not None:
             headers[_CONTEXT] = token
 
-        request = httpx.Request(
+        return httpx.Request(
             call.method,
             node + call.path,
             # Names and descriptions travel as raw UTF-8, which httpx's own
@@ -227,17 +246,42 @@ class _BaseClient(Generic[_TransportT]):
             content=call.body or None,
             extensions={"timeout": self._timeout.as_dict()},
         )
-        return node, request
 
-    def _failed(self, node: str, exc: httpx.TransportError) -> Unavailable:
-        """Put `node` in cooldown after a transport error; return what to retry on."""
+    def _failed(self, node: str, exc: httpx.TransportError) -> NixieError:
+        """Translate an error of sending to `node`; a node failure is retried."""
+        if isinstance(exc, httpx.LocalProtocolError):
+            # httpx refused to send what the client built: no node is at fault,
+            # and another attempt would be refused the same way.
+            return InvalidInput(f"request not sent: {_describe(exc)}")
+
         self._nodes.failed(node)
         logger.debug("node %s failed: %s", node, _describe(exc))
         return Unavailable(f"{node}: {_describe(exc)}")
 
+    def _refused(
+        self, call: _Call[Any], node: str, token: str | None, response: httpx.Response
+    ) -> bool:
+        """Tell whether `node` refused the token sent; if so, forget the token."""
+        if token is None or call.key is None or response.status_code != 400:
+            return False
+        # A HEAD answer has no body to name the header it refuses; a token the
+        # cluster issued is the only part of it that can become invalid later.
+        if call.method != "HEAD" and not response.text.startswith(f"{_CONTEXT}:"):
+            return False
+
+        self._contexts.drop(call.key, token)
+        logger.warning(
+            "node %s refused the Nixie-Context token of %s; sending without it",
+            node,
+            call.key,
+        )
+        return True
+
     def _settle(self, call: _Call[T], node: str, response: httpx.Response) -> T:
         """Turn one node's answer into the call's result or error."""
-        if response.is_server_error:
+        # A 408 says the body did not reach the node in time; nothing was
+        # applied, so it is retried like a timeout of the client's own.
+        if response.is_server_error or response.status_code == 408:
             self._nodes.failed(node)
             logger.debug("node %s answered %d", node, response.status_code)
             raise Unavailable(f"{node} answered {_reason(response)}")
@@ -370,12 +414,17 @@ class Client(_BaseClient[httpx.BaseTransport]):
         return Retrying(**self._retry)(partial(self._attempt, call))
 
     def _attempt(self, call: _Call[T]) -> T:
-        node, request = self._prepare(call)
+        node, token = self._nodes.pick(), self._token(call)
+        response = self._send(self._request(call, node, token), node)
+        if self._refused(call, node, token, response):
+            response = self._send(self._request(call, node, None), node)
+        return self._settle(call, node, response)
+
+    def _send(self, request: httpx.Request, node: str) -> httpx.Response:
         try:
-            response = self._http.send(request)
+            return self._http.send(request)
         except httpx.TransportError as exc:
             raise self._failed(node, exc) from exc
-        return self._settle(call, node, response)
 
 
 class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
@@ -480,12 +529,17 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
         return result
 
     async def _attempt(self, call: _Call[T]) -> T:
-        node, request = self._prepare(call)
+        node, token = self._nodes.pick(), self._token(call)
+        response = await self._send(self._request(call, node, token), node)
+        if self._refused(call, node, token, response):
+            response = await self._send(self._request(call, node, None), node)
+        return self._settle(call, node, response)
+
+    async def _send(self, request: httpx.Request, node: str) -> httpx.Response:
         try:
-            response = await self._http.send(request)
+            return await self._http.send(request)
         except httpx.TransportError as exc:
             raise self._failed(node, exc) from exc
-        return self._settle(call, node, response)
 
 
 # The requests, one builder each; they check the caller's arguments.
@@ -563,9 +617,11 @@ def _metadata(
     """Return the Nixie-* headers of the metadata given; None leaves one out."""
     headers = {}
     if name is not None:
-        headers["Nixie-Name"] = _check_text(name, "name")
+        headers["Nixie-Name"] = _check_text(name, "name", NAME_MAX_CHARS)
     if description is not None:
-        headers["Nixie-Description"] = _check_text(description, "description")
+        headers["Nixie-Description"] = _check_text(
+            description, "description", DESCRIPTION_MAX_CHARS
+        )
     if step is not None:
         _check_int(step, "step")
         headers["Nixie-Step"] = str(step)
@@ -697,8 +753,16 @@ def _check_consistency(level: Consistency | None) -> Consistency | None:
     return level
 
 
-def _check_text(text: str, field: str) -> str:
+def _check_text(text: str, field: str, max_chars: int) -> str:
+    """Return `text` if a node would store it as given, else raise `InvalidInput`."""
     _require(isinstance(text, str), f"{field}: expected a str, got {text!r}")
+    check_text(text, field, max_chars)
+    # HTTP strips the spaces around a header value, so the node would store
+    # "  padded  " as "padded"; tabs and newlines are control characters.
+    _require(
+        text == text.strip(" "),
+        f"{field}: leading or trailing spaces are not allowed; HTTP drops them",
+    )
     return text
 
 

@@ -1,14 +1,18 @@
 """The client against an in-memory fake cluster, for both `Client` and `AsyncClient`."""
 
+import contextlib
 import inspect
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from nixie.api import create_app
 from nixie.client import AsyncClient, Client, Counter, _Contexts
 from nixie.errors import (
     BodyTooLarge,
@@ -20,6 +24,7 @@ from nixie.errors import (
     Unavailable,
     UnknownKey,
 )
+from nixie.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -27,8 +32,9 @@ NODES = ["http://n1:7312", "http://n2:7312", "http://n3:7312"]
 INT64_MAX = 2**63 - 1
 
 # What a fake node does instead of answering: refuse the connection, time out
-# before doing anything, do the work and then lose the reply, answer with a bare
-# status, or give this response.
+# before doing anything, do the work and then lose the reply, fail as httpx does
+# when it refuses to send a request, answer with a bare status, or give this
+# response.
 Fault = str | int | httpx.Response
 
 
@@ -67,6 +73,8 @@ class FakeCluster:
             raise httpx.ConnectError("connection refused", request=request)
         if fault == "timeout":
             raise httpx.ReadTimeout("timed out", request=request)
+        if fault == "local":
+            raise httpx.LocalProtocolError("Illegal header value", request=request)
         if isinstance(fault, int):
             return httpx.Response(fault, text=f"fault {fault}")
         if isinstance(fault, httpx.Response):
@@ -361,6 +369,56 @@ async def test_bad_options_are_refused(
         make_client(nodes, **options)
 
 
+@pytest.mark.parametrize("call", ["create", "update"])
+@pytest.mark.parametrize(
+    ("field", "text", "problem"),
+    [
+        ("name", "a\nb", "control characters"),
+        ("name", "a\x01b", "control characters"),
+        ("description", "tab\there", "control characters"),
+        ("name", "  sp  ", "leading or trailing spaces"),
+        ("name", " lead", "leading or trailing spaces"),
+        ("description", "trail ", "leading or trailing spaces"),
+        ("name", "x" * 201, "201 characters, at most 200"),
+        ("description", "x" * 1001, "1001 characters, at most 1000"),
+        ("name", "\ud800", "not valid Unicode"),
+    ],
+)
+async def test_texts_a_node_would_refuse_or_alter_are_refused_before_sending(
+    nixie: Driver, fake: FakeCluster, call: str, field: str, text: str, problem: str
+) -> None:
+    """A bad name or description raises InvalidInput naming it; nothing is sent."""
+    args = () if call == "create" else ("k1",)
+
+    with pytest.raises(InvalidInput, match=f"^{field}: {problem}"):
+        await getattr(nixie, call)(*args, **{field: text})
+
+    assert [] == fake.sent
+
+
+async def test_texts_at_the_limits_are_sent_as_given(nixie: Driver) -> None:
+    """The longest name and description, with inner spaces and Unicode, are kept."""
+    name, description = "a b" + "x" * 197, "☕ " + "d" * 998
+
+    created = await nixie.create(name=name, description=description)
+
+    assert (name, description) == (created.name, created.description)
+
+
+async def test_a_request_httpx_will_not_send_is_invalid_input(
+    nixie: Driver, fake: FakeCluster, first_choice: None
+) -> None:
+    """A request httpx refuses raises InvalidInput at once; no node cools down."""
+    fake.faults.append("local")
+
+    with pytest.raises(InvalidInput, match="LocalProtocolError") as caught:
+        await nixie.keys()
+    await nixie.keys()
+
+    assert isinstance(caught.value.__cause__, httpx.LocalProtocolError)
+    assert [NODES[0], NODES[0]] == fake.nodes()
+
+
 async def test_a_malformed_answer_is_the_nodes_fault(
     nixie: Driver, fake: FakeCluster
 ) -> None:
@@ -374,7 +432,7 @@ async def test_a_malformed_answer_is_the_nodes_fault(
 # Retries and node choice
 
 
-@pytest.mark.parametrize("fault", ["connect", "timeout", 503])
+@pytest.mark.parametrize("fault", ["connect", "timeout", 408, 503])
 async def test_a_failed_write_is_retried_elsewhere_with_its_key(
     nixie: Driver, fake: FakeCluster, fault: Fault
 ) -> None:
@@ -552,6 +610,149 @@ async def test_no_consistency_header_by_default(
     assert all("Nixie-Consistency" not in request.headers for request in fake.sent)
 
 
+def refusal(key: str) -> httpx.Response:
+    """Return a node's answer to a token signed with another cluster secret."""
+    text = f"Nixie-Context: not a token this cluster issued for {key}"
+    return httpx.Response(400, text=text)
+
+
+def tokens(fake: FakeCluster) -> list[str | None]:
+    """Return the Nixie-Context token of each request sent, None if it had none."""
+    return [request.headers.get("Nixie-Context") for request in fake.sent]
+
+
+async def test_a_refused_token_is_dropped_and_the_read_sent_again(
+    nixie: Driver, fake: FakeCluster
+) -> None:
+    """A node that refuses the kept token gets the read once more, without it."""
+    key = (await nixie.create(5)).key
+    fake.sent.clear()
+    fake.faults.append(refusal(key))
+
+    counter = await nixie.get(key)
+
+    first, second = fake.nodes()
+    assert 5 == counter.value
+    assert [f"{key}@1", None] == tokens(fake)
+    assert first == second
+
+
+async def test_a_write_sent_again_without_its_token_keeps_its_key(
+    nixie: Driver, fake: FakeCluster
+) -> None:
+    """A write whose token was refused goes again with its Idempotency-Key."""
+    key = (await nixie.create()).key
+    fake.sent.clear()
+    fake.faults.append(refusal(key))
+
+    counter = await nixie.increment(key)
+
+    first, second = fake.sent
+    assert 1 == counter.value == fake.counters[key].value
+    assert [f"{key}@1", None] == tokens(fake)
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+
+
+async def test_after_a_refused_token_the_fresh_one_is_kept(
+    nixie: Driver, fake: FakeCluster, first_choice: None
+) -> None:
+    """The answer sent without a token gives the next one; no node cools down."""
+    key = (await nixie.create()).key
+    fake.counters[key].version = 7
+    fake.faults.append(refusal(key))
+
+    await nixie.get(key)
+    await nixie.get(key)
+
+    assert f"{key}@7" == tokens(fake)[-1]
+    assert [NODES[0]] * 4 == fake.nodes()
+
+
+async def test_a_refusal_without_a_token_is_raised(
+    nixie: Driver, fake: FakeCluster
+) -> None:
+    """When the request sent without a token is refused too, that error is raised."""
+    key = (await nixie.create()).key
+    fake.sent.clear()
+    fake.faults.extend([refusal(key), refusal(key)])
+
+    with pytest.raises(InvalidInput, match=r"^Nixie-Context: not a token"):
+        await nixie.get(key)
+
+    assert [f"{key}@1", None] == tokens(fake)
+
+
+async def test_a_refused_head_is_sent_again_without_its_token(
+    nixie: Driver, fake: FakeCluster
+) -> None:
+    """A 400 to a HEAD carrying a token, bodiless as HEAD answers are, drops it."""
+    key = (await nixie.create()).key
+    fake.sent.clear()
+    fake.faults.append(httpx.Response(400))
+
+    exists = await nixie.exists(key)
+
+    assert exists
+    assert [f"{key}@1", None] == tokens(fake)
+
+
+async def test_other_refusals_keep_the_token(nixie: Driver, fake: FakeCluster) -> None:
+    """A 400 about another header, or about a request without a token, is final."""
+    key = (await nixie.create()).key
+    fake.sent.clear()
+    fake.faults.extend(
+        [
+            httpx.Response(400, text="Nixie-Step: not an integer"),
+            httpx.Response(400, text="Nixie-Context: POST / creates a new counter"),
+        ]
+    )
+
+    with pytest.raises(InvalidInput, match=r"^Nixie-Step"):
+        await nixie.update(key, step=2)
+    with pytest.raises(InvalidInput, match=r"^Nixie-Context"):
+        await nixie.create()
+    await nixie.get(key)
+
+    assert [f"{key}@1", None, f"{key}@1"] == tokens(fake)
+
+
+class Restartable(httpx.AsyncBaseTransport):
+    """Send every request to the app now serving, which a test may replace."""
+
+    app: FastAPI
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await httpx.ASGITransport(app=self.app).handle_async_request(request)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    transport: Restartable, data_dir: Path, secret: str
+) -> AsyncIterator[None]:
+    """Run a node on `data_dir` with `secret`, reached through `transport`."""
+    transport.app = create_app(
+        Settings(data_dir=data_dir, cluster_secret=secret), background=False
+    )
+    async with transport.app.router.lifespan_context(transport.app):
+        yield
+
+
+async def test_a_restart_with_a_new_secret_blocks_no_counter(tmp_path: Path) -> None:
+    """After a node restarts with another cluster secret, old tokens are dropped."""
+    transport = Restartable()
+    async with AsyncClient(["http://node.test:7312"], transport=transport) as nixie:
+        async with serving(transport, tmp_path, "old secret"):
+            first, second = (await nixie.create(1)).key, (await nixie.create(5)).key
+        async with serving(transport, tmp_path, "new secret"):
+            incremented = await nixie.increment(first)
+            exists = await nixie.exists(second)
+            again = await nixie.get(second)
+
+    assert 2 == incremented.value
+    assert exists
+    assert 5 == again.value
+
+
 def test_contexts_forget_the_least_recently_used() -> None:
     """Over capacity, the key used longest ago loses its token."""
     contexts = _Contexts(capacity=2)
@@ -561,6 +762,18 @@ def test_contexts_forget_the_least_recently_used() -> None:
     contexts.put("c", "c@1")
 
     assert ("a@1", None, "c@1") == tuple(map(contexts.get, "abc"))
+
+
+def test_contexts_drop_only_the_token_refused() -> None:
+    """Dropping a token that was replaced meanwhile keeps the newer one."""
+    contexts = _Contexts()
+    contexts.put("a", "a@1")
+    contexts.put("b", "b@1")
+    contexts.put("b", "b@2")
+    contexts.drop("a", "a@1")
+    contexts.drop("b", "b@1")
+
+    assert (None, "b@2") == (contexts.get("a"), contexts.get("b"))
 
 
 # Lifecycle
