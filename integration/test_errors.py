@@ -399,6 +399,26 @@ def test_a_level_given_twice_is_refused(
     assert "3" == read_value(client, key)
 
 
+@pytest.mark.parametrize("header", ["Nixie-Stpe", "Nixie-Replay", "Nixie-Foo"])
+def test_an_unknown_nixie_header_is_refused(
+    client: httpx.Client, make_counter: MakeCounter, header: str
+) -> None:
+    """A Nixie-* request header Nixie does not take, a typo say, is a 400."""
+    key = make_counter(start=3)
+    listed = client.get("/").text
+
+    responses = [
+        client.post(f"/{key}", headers={header: "5"}),
+        client.get(f"/{key}", headers={header: "5"}),
+        client.post("/", headers={header: "5"}),
+    ]
+
+    assert [400, 400, 400] == [r.status_code for r in responses]
+    assert all(r.text.startswith(f"{header}: not a request header") for r in responses)
+    assert "3" == read_value(client, key)
+    assert listed == client.get("/").text
+
+
 def test_an_unprintable_key_is_shown_escaped(client: httpx.Client) -> None:
     """A 404 shows control characters of the path escaped, not raw."""
     response = client.get("/a%00b%1b")

@@ -339,6 +339,13 @@ class _Options:
                         f"{', '.join(_CONSISTENCY_LEVELS)}"
                     )
                 self.level = level
+            elif name.startswith(b"nixie-") and name not in _META_HEADERS:
+                # A misspelt header would otherwise be ignored without a word.
+                raise InvalidInput(
+                    f"{_title(name)}: not a request header of Nixie; it takes "
+                    "Nixie-Name, Nixie-Description, Nixie-Step, Nixie-Context "
+                    "and Nixie-Consistency"
+                )
         if self.idempotency_key is not None and read:
             raise InvalidInput(
                 f"Idempotency-Key: not accepted by {request.method}, which "
