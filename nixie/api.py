@@ -20,7 +20,6 @@ wait on another node:
 """
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -30,12 +29,11 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from nixie import __version__
 from nixie.cluster_api import add_cluster_routes
-from nixie.context import ContextCodec, lacking, satisfies, tag
-from nixie.crdt import DEFAULT_STEP, CounterState, Receipt
+from nixie.coordinator import Coordinator
+from nixie.crdt import DEFAULT_STEP, CounterState
 from nixie.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -49,25 +47,21 @@ from nixie.errors import (
     UnknownKey,
 )
 from nixie.gossip import Gossiper
+from nixie.inputs import (
+    RequestOptions,
+    read_body,
+    read_metadata,
+    refuse_extras,
+)
 from nixie.membership import Membership, watch_dns
 from nixie.node import Idempotency, Node
 from nixie.settings import Settings
 from nixie.store import Store
 from nixie.values import (
-    DESCRIPTION_MAX_CHARS,
-    NAME_MAX_CHARS,
-    check_idempotency_key,
-    decode_text,
     parse_int64,
 )
 
 logger = logging.getLogger(__name__)
-
-# The longest valid body is a 64-bit integer with a sign and some whitespace;
-# anything much longer is refused before it is read in full.
-BODY_MAX_BYTES = 1024
-# Seconds a client may take to send a body; uvicorn waits for ever.
-BODY_TIMEOUT = 10.0
 
 _STATUS = {
     InvalidInput: 400,
@@ -81,8 +75,6 @@ _STATUS = {
     Unavailable: 503,
 }
 
-_META_HEADERS = (b"nixie-name", b"nixie-description", b"nixie-step")
-_CONSISTENCY_LEVELS = ("local", "quorum", "all")
 # Receipts older than the window are folded at most this often.
 MAINTENANCE_MAX_INTERVAL = 60.0
 
@@ -214,163 +206,6 @@ async def _maintain(node: Node, interval: float) -> None:
             logger.info("receipts: %d folded, %d purged", folded, purged)
 
 
-class Coordinator:
-    """Serve the headers that reach other nodes: context, consistency, replays."""
-
-    def __init__(self, node: Node, gossiper: Gossiper, settings: Settings) -> None:
-        self.node = node
-        self.gossiper = gossiper
-        self.timeout = settings.sync_timeout
-        self.contexts = ContextCodec(settings.cluster_secret)
-
-    def respond(
-        self,
-        key: str,
-        state: CounterState,
-        status: int,
-        body: str | None = None,
-        *,
-        describe: bool = True,
-    ) -> Response:
-        """Answer about a counter: its Nixie-* headers and its context token."""
-        response = (
-            _counter_response(state, status, body)
-            if describe
-            else Response(status_code=status)
-        )
-        response.raw_headers.append(
-            (b"Nixie-Context", self.contexts.issue(key, state).encode())
-        )
-        return response
-
-    def replay(self, key: str, receipt: Receipt) -> Response:
-        """Answer a retried write with its first answer."""
-        response = Response(
-            content=receipt.body or None,
-            status_code=receipt.status,
-            media_type="text/plain" if receipt.body else None,
-        )
-        headers = response.raw_headers
-        headers.extend((k.encode(), v.encode()) for k, v in receipt.headers)
-        headers.append((b"Nixie-Replay", b"true"))
-        state = self.node.state(key)
-        if state is not None:
-            headers.append((b"Nixie-Context", self.contexts.issue(key, state).encode()))
-        return response
-
-    async def catch_up(self, key: str, options: "_Options") -> None:
-        """Before serving: reach the token's state, then the read level."""
-        if options.context is not None:
-            context = self.contexts.parse(key, options.context)
-            if not satisfies(self.node.state(key), context):
-                # Ask first the peers whose own writes this node lacks.
-                writers = lacking(self.node.state(key), context)
-                await self.gossiper.sync_key(
-                    key,
-                    self.gossiper.cluster_size,
-                    self.timeout,
-                    lambda: satisfies(self.node.state(key), context),
-                    lambda peer: (
-                        peer.replica is not None and tag(peer.replica) in writers
-                    ),
-                )
-                if not satisfies(self.node.state(key), context):
-                    raise Unavailable(
-                        f"Nixie-Context: this node has not seen the state the "
-                        f"token names, and no peer supplied it within "
-                        f"{self.timeout:g} s; retry, or try another node"
-                    )
-        if options.level != "local" and options.read:
-            await self._reach(key, options.level, "read")
-
-    async def spread(self, key: str, options: "_Options") -> None:
-        """After a write: wait until the write level holds it."""
-        if options.level != "local":
-            await self._reach(key, options.level, "write")
-
-    async def _reach(self, key: str, level: str, what: str) -> None:
-        size = self.gossiper.cluster_size
-        needed = size if level == "all" else size // 2 + 1
-        if needed <= 1:
-            return
-        answered = await self.gossiper.sync_key(key, needed - 1, self.timeout)
-        if answered + 1 < needed:
-            applied = (
-                " The write stays applied on the nodes it reached and spreads "
-                "from there; retry with the same Idempotency-Key."
-                if what == "write"
-                else ""
-            )
-            raise Unavailable(
-                f"Nixie-Consistency: {level} needs {needed} of {size} nodes; "
-                f"{answered + 1} answered within {self.timeout:g} s.{applied}"
-            )
-        if what == "read" and answered > 1:
-            # Each peer that answered holds its own state merged with this
-            # node's; the others' answers may be news to it: hand the merged
-            # state back.
-            await self.gossiper.sync_key(key, needed - 1, self.timeout)
-
-
-class _Options:
-    """The cross-node headers of one request, read in one pass."""
-
-    __slots__ = ("context", "idempotency_key", "level", "read")
-
-    def __init__(self, request: Request, *, read: bool) -> None:
-        self.context: str | None = None
-        self.idempotency_key: str | None = None
-        self.level = "local"
-        self.read = read
-        level: str | None = None
-        for name, value in request.scope["headers"]:
-            if name == b"nixie-context":
-                self.context = _single(self.context, value, "Nixie-Context")
-            elif name == b"idempotency-key":
-                self.idempotency_key = check_idempotency_key(
-                    _single(self.idempotency_key, value, "Idempotency-Key"),
-                    "Idempotency-Key",
-                )
-            elif name == b"nixie-consistency":
-                level = _single(level, value, "Nixie-Consistency").lower()
-                if level not in _CONSISTENCY_LEVELS:
-                    raise InvalidInput(
-                        "Nixie-Consistency: expected one of "
-                        f"{', '.join(_CONSISTENCY_LEVELS)}"
-                    )
-                self.level = level
-            elif name.startswith(b"nixie-") and name not in _META_HEADERS:
-                # A misspelt header would otherwise be ignored without a word.
-                raise InvalidInput(
-                    f"{_title(name)}: not a request header of Nixie; it takes "
-                    "Nixie-Name, Nixie-Description, Nixie-Step, Nixie-Context "
-                    "and Nixie-Consistency"
-                )
-        if self.idempotency_key is not None and read:
-            raise InvalidInput(
-                f"Idempotency-Key: not accepted by {request.method}, which "
-                "changes nothing"
-            )
-
-    @property
-    def plain(self) -> bool:
-        """Tell whether the request needs nothing from other nodes."""
-        return self.context is None and self.level == "local"
-
-    def idempotency(self, *parts: object) -> Idempotency | None:
-        """Return the write's idempotency key with the fingerprint of `parts`."""
-        if self.idempotency_key is None:
-            return None
-        digest = hashlib.sha256(repr(parts).encode()).hexdigest()
-        return Idempotency(self.idempotency_key, digest[:32])
-
-
-def _single(seen: str | None, value: bytes, header: str) -> str:
-    if seen is not None:
-        raise InvalidInput(f"{header}: given more than once")
-    return value.decode("latin-1").strip()
-
-
 def _add_counter_routes(app: FastAPI) -> None:
     # Handlers reach the node through this closure: looking it up on
     # `request.app.state` costs more than the rest of a read.
@@ -384,8 +219,8 @@ def _add_counter_routes(app: FastAPI) -> None:
 
     @app.get("/", responses={**_text(200, "The keys, one a line."), **_errors(400)})
     async def list_keys(request: Request) -> Response:
-        _refuse_extras(request)
-        options = _Options(request, read=True)
+        refuse_extras(request)
+        options = RequestOptions(request, read=True)
         if not options.plain:
             raise InvalidInput(
                 "Nixie-Context, Nixie-Consistency: GET / lists the keys this "
@@ -400,12 +235,12 @@ def _add_counter_routes(app: FastAPI) -> None:
         openapi_extra=_extra(meta=True, body="optional", write=True, context=False),
     )
     async def create_counter(request: Request) -> Response:
-        options = _Options(request, read=False)
+        options = RequestOptions(request, read=False)
         if options.context is not None:
             raise InvalidInput("Nixie-Context: POST / creates a new counter")
-        body = await _read_body(request, "start value")
+        body = await read_body(request, "start value")
         start = parse_int64(body, "start value") if body.strip() else 0
-        name, description, step = _metadata(request)
+        name, description, step = read_metadata(request)
         node, coordinator = _node(request), coordinator_of[0]
         idem = options.idempotency("POST /", start, name, description, step)
         if idem is not None:
@@ -433,8 +268,8 @@ def _add_counter_routes(app: FastAPI) -> None:
     async def check_counter(request: Request) -> Response:
         key = request.path_params["key"]
         try:
-            _refuse_extras(request)
-            options = _Options(request, read=True)
+            refuse_extras(request)
+            options = RequestOptions(request, read=True)
             if not options.plain:
                 await coordinator_of[0].catch_up(key, options)
             state = _node(request).get(key)
@@ -451,24 +286,24 @@ def _add_counter_routes(app: FastAPI) -> None:
     )
     async def read_counter(request: Request) -> Response:
         key = request.path_params["key"]
-        _refuse_extras(request)
-        options = _Options(request, read=True)
+        refuse_extras(request)
+        options = RequestOptions(request, read=True)
         if not options.plain:
             await coordinator_of[0].catch_up(key, options)
         state = _node(request).get(key)
         return coordinator_of[0].respond(key, state, 200, str(state.value))
 
-    async def prepare(request: Request) -> tuple[str, _Options]:
+    async def prepare(request: Request) -> tuple[str, RequestOptions]:
         """Read a write's key and headers; reach the token's state first."""
         key = request.path_params["key"]
-        options = _Options(request, read=False)
+        options = RequestOptions(request, read=False)
         if not options.plain:
             await coordinator_of[0].catch_up(key, options)
         return key, options
 
     async def write(
         key: str,
-        options: _Options,
+        options: RequestOptions,
         idem: Idempotency | None,
         apply: Callable[[], CounterState],
         answer: Callable[[CounterState], Response],
@@ -495,7 +330,7 @@ def _add_counter_routes(app: FastAPI) -> None:
 
         def apply() -> CounterState:
             node.get(key)
-            _refuse_extras(request)
+            refuse_extras(request)
             return node.increment(key, idem)
 
         return await write(
@@ -517,8 +352,8 @@ def _add_counter_routes(app: FastAPI) -> None:
         key, options = await prepare(request)
         if options.idempotency_key is None:
             node.get(key)  # an unknown key is reported before a bad body
-        _refuse_extras(request, body=True)
-        value = parse_int64(await _read_body(request, "value"), "value")
+        refuse_extras(request, body=True)
+        value = parse_int64(await read_body(request, "value"), "value")
         idem = options.idempotency("PUT", key, value)
         return await write(
             key,
@@ -539,8 +374,8 @@ def _add_counter_routes(app: FastAPI) -> None:
         key, options = await prepare(request)
         if options.idempotency_key is None:
             node.get(key)
-        _refuse_extras(request, meta=True)
-        name, description, step = _metadata(request)
+        refuse_extras(request, meta=True)
+        name, description, step = read_metadata(request)
         idem = options.idempotency("PATCH", key, name, description, step)
         return await write(
             key,
@@ -563,7 +398,7 @@ def _add_counter_routes(app: FastAPI) -> None:
 
         def apply() -> CounterState:
             node.get(key)
-            _refuse_extras(request)
+            refuse_extras(request)
             return node.delete(key, idem)
 
         return await write(
@@ -583,89 +418,6 @@ def _add_counter_routes(app: FastAPI) -> None:
             route.openapi_extra = extra  # type: ignore[attr-defined]
 
 
-async def _read_body(request: Request, field: str) -> str:
-    too_large = BodyTooLarge(f"{field}: body of more than {BODY_MAX_BYTES} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > BODY_MAX_BYTES:
-        raise too_large
-
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > BODY_MAX_BYTES:
-                    raise too_large
-                chunks.append(chunk)
-    except TimeoutError as exc:
-        raise BodyTimeout(
-            f"{field}: body not received in full within {BODY_TIMEOUT:g} s"
-        ) from exc
-    except ClientDisconnect as exc:
-        # Nobody reads this answer; it keeps the traceback out of the log.
-        raise InvalidInput(f"{field}: the client left before sending the body") from exc
-    try:
-        return b"".join(chunks).decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{field}: not an ASCII integer") from exc
-
-
-def _refuse_extras(request: Request, *, body: bool = False, meta: bool = False) -> None:
-    """Refuse a body or Nixie-* headers sent to a route that would ignore them."""
-    for name, value in request.scope["headers"]:
-        sends_body = name == b"transfer-encoding" or (
-            name == b"content-length" and value.strip() not in (b"", b"0")
-        )
-        if sends_body and not body:
-            raise InvalidInput(f"body: {request.method} takes no body")
-        if name in _META_HEADERS and not meta:
-            raise InvalidInput(
-                f"{_title(name)}: not accepted by {request.method}; "
-                "PATCH changes a counter's metadata"
-            )
-
-
-def _metadata(request: Request) -> tuple[str | None, str | None, int | None]:
-    """Read the Nixie-* headers present as raw bytes; absent ones are None."""
-    raw: dict[bytes, bytes] = {}
-    for name, value in request.scope["headers"]:
-        if name in _META_HEADERS:
-            if name in raw:
-                raise InvalidInput(f"{_title(name)}: given more than once")
-            raw[name] = value
-
-    name = raw.get(b"nixie-name")
-    description = raw.get(b"nixie-description")
-    step = raw.get(b"nixie-step")
-    return (
-        None if name is None else decode_text(name, "Nixie-Name", NAME_MAX_CHARS),
-        None
-        if description is None
-        else decode_text(description, "Nixie-Description", DESCRIPTION_MAX_CHARS),
-        None
-        if step is None
-        else parse_int64(step.decode("utf-8", "replace"), "Nixie-Step"),
-    )
-
-
-def _counter_response(
-    state: CounterState, status: int, body: str | None = None
-) -> Response:
-    response = Response(
-        content=body,
-        status_code=status,
-        media_type=None if body is None else "text/plain",
-    )
-    headers = response.raw_headers
-    headers.append((b"Nixie-Step", str(state.step_value).encode()))
-    if state.name_value:
-        headers.append((b"Nixie-Name", state.name_value.encode()))
-    if state.description_value:
-        headers.append((b"Nixie-Description", state.description_value.encode()))
-    return response
-
-
 async def _error_response(request: Request, exc: NixieError) -> Response:
     status = _STATUS.get(type(exc), 400)
     if status >= 500:
@@ -678,10 +430,6 @@ async def _error_response(request: Request, exc: NixieError) -> Response:
 async def _routing_error(request: Request, exc: HTTPException) -> Response:
     # Starlette answers unknown paths and methods in JSON; Nixie speaks text.
     return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
-
-
-def _title(header: bytes) -> str:
-    return "-".join(part.capitalize() for part in header.decode().split("-"))
 
 
 # OpenAPI declarations for parameters the handlers read by hand.

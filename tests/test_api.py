@@ -13,8 +13,8 @@ import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from nixie.api import BODY_MAX_BYTES
 from nixie.errors import StorageError
+from nixie.inputs import BODY_MAX_BYTES
 from nixie.values import INT64_MAX
 from tests.conftest import Fetch, MakeCounter
 
@@ -434,7 +434,7 @@ def test_a_body_that_stops_arriving_is_408(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A body whose sender stalls is refused once the body deadline passes."""
-    monkeypatch.setattr("nixie.api.BODY_TIMEOUT", 0.05)
+    monkeypatch.setattr("nixie.inputs.BODY_TIMEOUT", 0.05)
     chunks = [{"type": "http.request", "body": b"12", "more_body": True}]
 
     async def stalls() -> dict[str, Any]:
