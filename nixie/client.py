@@ -29,16 +29,13 @@ it; reading your own writes then restarts from what the answering node has.
 
 import logging
 import random
-import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Generic, Literal, NoReturn, Self, TypeVar, get_args
-from urllib.parse import quote
+from typing import Any, Generic, NoReturn, Self, TypeVar
 
 import httpx
 from tenacity import (
@@ -50,73 +47,45 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from nixie.calls import (
+    Call,
+    Consistency,
+    Counter,
+    check_consistency,
+    check_int,
+    create_call,
+    delete_call,
+    error_of,
+    get_call,
+    head_call,
+    header,
+    increment_call,
+    list_call,
+    reason,
+    require,
+    set_call,
+    update_call,
+)
 from nixie.errors import (
-    BodyTooLarge,
-    IdempotencyConflict,
     InvalidInput,
     NixieError,
-    OutOfRange,
-    PeerError,
     Unavailable,
     UnknownKey,
 )
-from nixie.values import (
-    DESCRIPTION_MAX_CHARS,
-    NAME_MAX_CHARS,
-    check_idempotency_key,
-    check_text,
-)
+from nixie.values import check_idempotency_key
 
 __all__ = ["AsyncClient", "Client", "Consistency", "Counter"]
 
 logger = logging.getLogger(__name__)
 
-Consistency = Literal["local", "quorum", "all"]
 CONTEXT_KEYS = 10_000  # counters whose newest Nixie-Context token is kept
 
 _CONTEXT = "Nixie-Context"
 _CONSISTENCY = "Nixie-Consistency"
 _IDEMPOTENCY = "Idempotency-Key"
-# Values may lie beyond the signed 64-bit range after concurrent writes, so an
-# answer is read as any integer, not through `nixie.values.parse_int64`.
-_INTEGER = re.compile(r"-?[0-9]+")
-_ERRORS: dict[int, type[NixieError]] = {
-    400: InvalidInput,
-    409: OutOfRange,
-    413: BodyTooLarge,
-    422: IdempotencyConflict,
-}
 
 T = TypeVar("T")
 _TransportT = TypeVar("_TransportT")
-
-
-@dataclass(frozen=True, slots=True)
-class Counter:
-    """Hold one counter as a node reported it."""
-
-    key: str
-    value: int
-    name: str = ""
-    description: str = ""
-    step: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class _Call(Generic[T]):
-    """Describe one API request, as every attempt sends it, and read its answer."""
-
-    method: str
-    key: str | None  # the counter it is about; None to list or create
-    parse: Callable[[httpx.Response], T]
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    creates: bool = False  # the answer's body is the key of a new counter
-
-    @property
-    def path(self) -> str:
-        """Return the request path, the key quoted so it stays one segment."""
-        return "/" if self.key is None else "/" + quote(self.key, safe="")
 
 
 class _Nodes:
@@ -193,18 +162,18 @@ class _BaseClient(Generic[_TransportT]):
         backoff_initial: float = 0.05,
         backoff_max: float = 1.0,
     ) -> None:
-        _require(timeout > 0, f"timeout: expected seconds > 0, got {timeout!r}")
-        _require(cooldown >= 0, f"cooldown: expected seconds >= 0, got {cooldown!r}")
-        _require(
+        require(timeout > 0, f"timeout: expected seconds > 0, got {timeout!r}")
+        require(cooldown >= 0, f"cooldown: expected seconds >= 0, got {cooldown!r}")
+        require(
             0 <= backoff_initial <= backoff_max, "backoff: expected 0 <= initial <= max"
         )
-        _check_int(attempts, "attempts")
-        _require(attempts >= 1, f"attempts: expected at least 1, got {attempts}")
+        check_int(attempts, "attempts")
+        require(attempts >= 1, f"attempts: expected at least 1, got {attempts}")
 
         self._nodes = _Nodes(_base_urls(nodes), cooldown)
         self._timeout = httpx.Timeout(timeout)
         self._retry = _retry_policy(attempts, backoff_initial, backoff_max)
-        self._consistency = _check_consistency(consistency)
+        self._consistency = check_consistency(consistency)
         self._contexts = _Contexts()
         self._connect(transport)
 
@@ -213,7 +182,7 @@ class _BaseClient(Generic[_TransportT]):
 
     def _read_headers(self, consistency: Consistency | None) -> dict[str, str]:
         """Return the headers of a read at `consistency` or the default one."""
-        level = _check_consistency(consistency) or self._consistency
+        level = check_consistency(consistency) or self._consistency
         return {} if level is None else {_CONSISTENCY: level}
 
     def _write_headers(
@@ -225,11 +194,11 @@ class _BaseClient(Generic[_TransportT]):
         check_idempotency_key(idempotency_key, "idempotency_key")
         return self._read_headers(consistency) | {_IDEMPOTENCY: idempotency_key}
 
-    def _token(self, call: _Call[Any]) -> str | None:
+    def _token(self, call: Call[Any]) -> str | None:
         """Return the token kept for the counter `call` is about, if any."""
         return None if call.key is None else self._contexts.get(call.key)
 
-    def _request(self, call: _Call[Any], node: str, token: str | None) -> httpx.Request:
+    def _request(self, call: Call[Any], node: str, token: str | None) -> httpx.Request:
         """Build the request `node` gets for `call`, carrying `token` if any."""
         headers = dict(call.headers)
         if token is not None:
@@ -259,7 +228,7 @@ class _BaseClient(Generic[_TransportT]):
         return Unavailable(f"{node}: {_describe(exc)}")
 
     def _refused(
-        self, call: _Call[Any], node: str, token: str | None, response: httpx.Response
+        self, call: Call[Any], node: str, token: str | None, response: httpx.Response
     ) -> bool:
         """Tell whether `node` refused the token sent; if so, forget the token."""
         if token is None or call.key is None or response.status_code != 400:
@@ -277,27 +246,27 @@ class _BaseClient(Generic[_TransportT]):
         )
         return True
 
-    def _settle(self, call: _Call[T], node: str, response: httpx.Response) -> T:
+    def _settle(self, call: Call[T], node: str, response: httpx.Response) -> T:
         """Turn one node's answer into the call's result or error."""
         # A 408 says the body did not reach the node in time; nothing was
         # applied, so it is retried like a timeout of the client's own.
         if response.is_server_error or response.status_code == 408:
             self._nodes.failed(node)
             logger.debug("node %s answered %d", node, response.status_code)
-            raise Unavailable(f"{node} answered {_reason(response)}")
+            raise Unavailable(f"{node} answered {reason(response)}")
 
         self._nodes.answered(node)
         if not response.is_success:
-            raise _error(response, call.key)
+            raise error_of(response, call.key)
 
         self._remember_context(call, response)
-        if _header(response, "Nixie-Replay") == "true":
+        if header(response, "Nixie-Replay") == "true":
             logger.debug("%s %s replayed by %s", call.method, call.path, node)
         return call.parse(response)
 
-    def _remember_context(self, call: _Call[Any], response: httpx.Response) -> None:
+    def _remember_context(self, call: Call[Any], response: httpx.Response) -> None:
         """Keep the answer's Nixie-Context token for the counter it is about."""
-        token = _header(response, _CONTEXT)
+        token = header(response, _CONTEXT)
         key = response.text if call.creates else call.key
         if token and key:
             self._contexts.put(key, token)
@@ -333,7 +302,7 @@ class Client(_BaseClient[httpx.BaseTransport]):
 
     def keys(self) -> list[str]:
         """Return the keys of all counters, in creation order."""
-        return self._run(_list_call())
+        return self._run(list_call())
 
     def create(
         self,
@@ -347,19 +316,19 @@ class Client(_BaseClient[httpx.BaseTransport]):
     ) -> Counter:
         """Create a counter at `start` and return it."""
         headers = self._write_headers(idempotency_key, consistency)
-        return self._run(_create_call(start, name, description, step, headers))
+        return self._run(create_call(start, name, description, step, headers))
 
     def exists(self, key: str) -> bool:
         """Return whether `key` names a live counter."""
         try:
-            self._run(_head_call(key, self._read_headers(None)))
+            self._run(head_call(key, self._read_headers(None)))
         except UnknownKey:
             return False
         return True
 
     def get(self, key: str, *, consistency: Consistency | None = None) -> Counter:
         """Return the counter `key`."""
-        return self._run(_get_call(key, self._read_headers(consistency)))
+        return self._run(get_call(key, self._read_headers(consistency)))
 
     def increment(
         self,
@@ -370,7 +339,7 @@ class Client(_BaseClient[httpx.BaseTransport]):
     ) -> Counter:
         """Add the counter's step to its value and return the counter."""
         headers = self._write_headers(idempotency_key, consistency)
-        return self._run(_increment_call(key, headers))
+        return self._run(increment_call(key, headers))
 
     def set(
         self,
@@ -382,7 +351,7 @@ class Client(_BaseClient[httpx.BaseTransport]):
     ) -> None:
         """Set the counter's value."""
         headers = self._write_headers(idempotency_key, consistency)
-        self._run(_set_call(key, value, headers))
+        self._run(set_call(key, value, headers))
 
     def update(
         self,
@@ -396,7 +365,7 @@ class Client(_BaseClient[httpx.BaseTransport]):
     ) -> None:
         """Change the metadata given; an empty name or description clears it."""
         headers = self._write_headers(idempotency_key, consistency)
-        self._run(_update_call(key, name, description, step, headers))
+        self._run(update_call(key, name, description, step, headers))
 
     def delete(
         self,
@@ -407,13 +376,13 @@ class Client(_BaseClient[httpx.BaseTransport]):
     ) -> None:
         """Delete the counter for good."""
         headers = self._write_headers(idempotency_key, consistency)
-        self._run(_delete_call(key, headers))
+        self._run(delete_call(key, headers))
 
-    def _run(self, call: _Call[T]) -> T:
+    def _run(self, call: Call[T]) -> T:
         """Send `call` to one node after another until one answers, or give up."""
         return Retrying(**self._retry)(partial(self._attempt, call))
 
-    def _attempt(self, call: _Call[T]) -> T:
+    def _attempt(self, call: Call[T]) -> T:
         node, token = self._nodes.pick(), self._token(call)
         response = self._send(self._request(call, node, token), node)
         if self._refused(call, node, token, response):
@@ -447,7 +416,7 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
 
     async def keys(self) -> list[str]:
         """Return the keys of all counters, in creation order."""
-        return await self._run(_list_call())
+        return await self._run(list_call())
 
     async def create(
         self,
@@ -461,19 +430,19 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> Counter:
         """Create a counter at `start` and return it."""
         headers = self._write_headers(idempotency_key, consistency)
-        return await self._run(_create_call(start, name, description, step, headers))
+        return await self._run(create_call(start, name, description, step, headers))
 
     async def exists(self, key: str) -> bool:
         """Return whether `key` names a live counter."""
         try:
-            await self._run(_head_call(key, self._read_headers(None)))
+            await self._run(head_call(key, self._read_headers(None)))
         except UnknownKey:
             return False
         return True
 
     async def get(self, key: str, *, consistency: Consistency | None = None) -> Counter:
         """Return the counter `key`."""
-        return await self._run(_get_call(key, self._read_headers(consistency)))
+        return await self._run(get_call(key, self._read_headers(consistency)))
 
     async def increment(
         self,
@@ -484,7 +453,7 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> Counter:
         """Add the counter's step to its value and return the counter."""
         headers = self._write_headers(idempotency_key, consistency)
-        return await self._run(_increment_call(key, headers))
+        return await self._run(increment_call(key, headers))
 
     async def set(
         self,
@@ -496,7 +465,7 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> None:
         """Set the counter's value."""
         headers = self._write_headers(idempotency_key, consistency)
-        await self._run(_set_call(key, value, headers))
+        await self._run(set_call(key, value, headers))
 
     async def update(
         self,
@@ -510,7 +479,7 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> None:
         """Change the metadata given; an empty name or description clears it."""
         headers = self._write_headers(idempotency_key, consistency)
-        await self._run(_update_call(key, name, description, step, headers))
+        await self._run(update_call(key, name, description, step, headers))
 
     async def delete(
         self,
@@ -521,14 +490,14 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
     ) -> None:
         """Delete the counter for good."""
         headers = self._write_headers(idempotency_key, consistency)
-        await self._run(_delete_call(key, headers))
+        await self._run(delete_call(key, headers))
 
-    async def _run(self, call: _Call[T]) -> T:
+    async def _run(self, call: Call[T]) -> T:
         """Send `call` to one node after another until one answers, or give up."""
         result: T = await AsyncRetrying(**self._retry)(self._attempt, call)
         return result
 
-    async def _attempt(self, call: _Call[T]) -> T:
+    async def _attempt(self, call: Call[T]) -> T:
         node, token = self._nodes.pick(), self._token(call)
         response = await self._send(self._request(call, node, token), node)
         if self._refused(call, node, token, response):
@@ -540,156 +509,6 @@ class AsyncClient(_BaseClient[httpx.AsyncBaseTransport]):
             return await self._http.send(request)
         except httpx.TransportError as exc:
             raise self._failed(node, exc) from exc
-
-
-# The requests, one builder each; they check the caller's arguments.
-
-
-def _list_call() -> _Call[list[str]]:
-    return _Call("GET", None, _read_keys)
-
-
-def _create_call(
-    start: int,
-    name: str | None,
-    description: str | None,
-    step: int | None,
-    headers: dict[str, str],
-) -> _Call[Counter]:
-    _check_int(start, "start")
-    metadata = _metadata(name, description, step)
-    parse = partial(_read_created, start)
-    body = str(start).encode()
-    return _Call("POST", None, parse, headers | metadata, body, creates=True)
-
-
-def _head_call(key: str, headers: dict[str, str]) -> _Call[None]:
-    return _about("HEAD", key, _ignore, headers)
-
-
-def _get_call(key: str, headers: dict[str, str]) -> _Call[Counter]:
-    return _about("GET", key, partial(_read_counter, key), headers)
-
-
-def _increment_call(key: str, headers: dict[str, str]) -> _Call[Counter]:
-    return _about("POST", key, partial(_read_counter, key), headers)
-
-
-def _set_call(key: str, value: int, headers: dict[str, str]) -> _Call[None]:
-    _check_int(value, "value")
-    return _about("PUT", key, _ignore, headers, str(value).encode())
-
-
-def _update_call(
-    key: str,
-    name: str | None,
-    description: str | None,
-    step: int | None,
-    headers: dict[str, str],
-) -> _Call[None]:
-    metadata = _metadata(name, description, step)
-    _require(bool(metadata), "update: give a name, a description or a step")
-    return _about("PATCH", key, _ignore, headers | metadata)
-
-
-def _delete_call(key: str, headers: dict[str, str]) -> _Call[None]:
-    return _about("DELETE", key, _ignore, headers)
-
-
-def _about(
-    method: str,
-    key: str,
-    parse: Callable[[httpx.Response], T],
-    headers: dict[str, str],
-    body: bytes = b"",
-) -> _Call[T]:
-    """Describe a request about the counter `key`, refusing a key that is none."""
-    _require(
-        isinstance(key, str) and bool(key),
-        f"key: expected a non-empty string, got {key!r}",
-    )
-    return _Call(method, key, parse, headers, body)
-
-
-def _metadata(
-    name: str | None, description: str | None, step: int | None
-) -> dict[str, str]:
-    """Return the Nixie-* headers of the metadata given; None leaves one out."""
-    headers = {}
-    if name is not None:
-        headers["Nixie-Name"] = _check_text(name, "name", NAME_MAX_CHARS)
-    if description is not None:
-        headers["Nixie-Description"] = _check_text(
-            description, "description", DESCRIPTION_MAX_CHARS
-        )
-    if step is not None:
-        _check_int(step, "step")
-        headers["Nixie-Step"] = str(step)
-
-    return headers
-
-
-# Reading answers. A 2xx answer that breaks the contract is the node's fault.
-
-
-def _read_keys(response: httpx.Response) -> list[str]:
-    return response.text.split("\n") if response.text else []
-
-
-def _read_created(start: int, response: httpx.Response) -> Counter:
-    if not response.text:
-        raise PeerError("a node created a counter but sent no key")
-    return _counter(response.text, start, response)
-
-
-def _read_counter(key: str, response: httpx.Response) -> Counter:
-    return _counter(key, _integer(response.text, "value"), response)
-
-
-def _ignore(response: httpx.Response) -> None:
-    return None
-
-
-def _counter(key: str, value: int, response: httpx.Response) -> Counter:
-    """Build a counter from its value and the metadata headers of `response`."""
-    step = _header(response, "Nixie-Step")
-    if step is None:
-        raise PeerError(f"a node answered about {key} without Nixie-Step")
-
-    return Counter(
-        key=key,
-        value=value,
-        name=_header(response, "Nixie-Name") or "",
-        description=_header(response, "Nixie-Description") or "",
-        step=_integer(step, "Nixie-Step"),
-    )
-
-
-def _integer(text: str, field: str) -> int:
-    if _INTEGER.fullmatch(text) is None:
-        raise PeerError(f"a node sent a {field} that is no integer: {text[:40]!r}")
-    return int(text)
-
-
-def _header(response: httpx.Response, name: str) -> str | None:
-    """Return a response header read as UTF-8, the encoding Nixie sends."""
-    wanted = name.lower().encode()
-    for raw_name, raw_value in response.headers.raw:
-        if raw_name.lower() == wanted:
-            return raw_value.decode("utf-8", "replace")
-    return None
-
-
-def _error(response: httpx.Response, key: str | None) -> NixieError:
-    """Return the exception for a 4xx answer; its message is the node's."""
-    if response.status_code == 404 and key is not None:
-        return UnknownKey(key)
-    return _ERRORS.get(response.status_code, InvalidInput)(_reason(response))
-
-
-def _reason(response: httpx.Response) -> str:
-    # HEAD answers have no body to explain them.
-    return response.text or f"{response.status_code} {response.reason_phrase}"
 
 
 # Retrying and checking.
@@ -724,11 +543,11 @@ def _describe(exc: Exception) -> str:
 
 def _base_urls(nodes: Sequence[str]) -> list[str]:
     """Return the nodes' base URLs without trailing slashes or duplicates."""
-    _require(
+    require(
         not isinstance(nodes, str), "nodes: expected a list of URLs, not one string"
     )
     urls = [_base_url(node) for node in nodes]
-    _require(bool(urls), "nodes: expected at least one URL")
+    require(bool(urls), "nodes: expected at least one URL")
     return list(dict.fromkeys(urls))
 
 
@@ -737,42 +556,8 @@ def _base_url(node: str) -> str:
         url = httpx.URL(node)
     except (httpx.InvalidURL, TypeError) as exc:
         raise InvalidInput(f"nodes: not a URL: {node!r}") from exc
-    _require(
+    require(
         url.scheme in ("http", "https") and bool(url.host),
         f"nodes: expected an http(s) URL, got {node!r}",
     )
     return node.rstrip("/")
-
-
-def _check_consistency(level: Consistency | None) -> Consistency | None:
-    _require(
-        level is None or level in get_args(Consistency),
-        f"consistency: expected one of {', '.join(get_args(Consistency))}, "
-        f"got {level!r}",
-    )
-    return level
-
-
-def _check_text(text: str, field: str, max_chars: int) -> str:
-    """Return `text` if a node would store it as given, else raise `InvalidInput`."""
-    _require(isinstance(text, str), f"{field}: expected a str, got {text!r}")
-    check_text(text, field, max_chars)
-    # HTTP strips the spaces around a header value, so the node would store
-    # "  padded  " as "padded"; tabs and newlines are control characters.
-    _require(
-        text == text.strip(" "),
-        f"{field}: leading or trailing spaces are not allowed; HTTP drops them",
-    )
-    return text
-
-
-def _check_int(value: int, field: str) -> None:
-    _require(
-        isinstance(value, int) and not isinstance(value, bool),
-        f"{field}: expected an int, got {type(value).__name__}",
-    )
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvalidInput(message)
