@@ -71,7 +71,7 @@ class Coordinator:
                 writers = lacking(self.node.state(key), context)
                 await self.gossiper.sync_key(
                     key,
-                    self.gossiper.cluster_size,
+                    self.gossiper.cluster_size(),
                     self.timeout,
                     lambda: satisfies(self.node.state(key), context),
                     lambda peer: (
@@ -93,7 +93,7 @@ class Coordinator:
             await self._reach(key, options.level, "write")
 
     async def _reach(self, key: str, level: str, what: str) -> None:
-        size = self.gossiper.cluster_size
+        size = self.gossiper.cluster_size()
         needed = size if level == "all" else size // 2 + 1
         if needed <= 1:
             return
@@ -101,7 +101,8 @@ class Coordinator:
         if answered + 1 < needed:
             applied = (
                 " The write stays applied on the nodes it reached and spreads "
-                "from there; retry with the same Idempotency-Key."
+                "from there; only a retry under the Idempotency-Key it was "
+                "sent with is safe."
                 if what == "write"
                 else ""
             )

@@ -110,6 +110,7 @@ class Gossiper:
             task.add_done_callback(functools.partial(self._finished, peer.url))
             tasks.append(task)
 
+        self.cluster_size()  # counts every peer in before any is forgotten
         self.membership.forget_departed(now)
         self._truncate_log()
         return tasks
@@ -137,7 +138,8 @@ class Gossiper:
         A node that stops gracefully calls this last, so that writes it
         acknowledged a moment ago are on its peers before it goes, and even
         losing its disk afterwards loses none of them. Tell whether every
-        live peer caught up.
+        peer, down ones too, has every write of this node; log those that
+        lack some.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -156,9 +158,22 @@ class Gossiper:
                 await asyncio.wait_for(self.run_round(), left)
             if any(peer.status is not Status.UP for peer in behind):
                 await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
-        for peer in behind:
-            logger.warning("stopping before peer %s caught up", peer.url)
-        return not behind
+        # Down peers were not waited for; say of every peer what it lacks.
+        missing = [
+            peer
+            for peer in self.membership.peers.values()
+            if peer.needs_repair or peer.acked < self.node.deltas.head
+        ]
+        for peer in missing:
+            logger.warning(
+                "stopping before peer %s (%s) has every write of this node: "
+                "those it lacks are on this node's disk alone",
+                peer.url,
+                peer.status,
+            )
+        if not missing:
+            logger.info("stopping: every peer has every write of this node")
+        return not missing
 
     async def _exchange(self, peer: Peer) -> None:
         log = self.node.deltas
@@ -264,7 +279,10 @@ class Gossiper:
                 peer.url + path, content=content, headers=self._headers
             )
         except httpx.HTTPError as exc:
-            raise PeerError(f"{type(exc).__name__}: {exc}") from exc
+            # httpx's timeouts carry no text of their own.
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            reason = str(exc) or (f"{path}: no answer in time" if timed_out else path)
+            raise PeerError(f"{type(exc).__name__}: {reason}") from exc
         if response.status_code != 200:
             raise PeerError(f"{path} answered {response.status_code}: {response.text}")
         try:
@@ -281,10 +299,9 @@ class Gossiper:
 
     # One counter, now
 
-    @property
     def cluster_size(self) -> int:
-        """Return how many nodes this one knows of, itself included."""
-        return 1 + len(self.membership.peers)
+        """Return how many nodes count for quorum and all, this one included."""
+        return self.membership.cluster_size(self.node.replica_id)
 
     async def sync_key(
         self,

@@ -85,6 +85,7 @@ class Membership:
             multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial
         )
         self._forget_after = forget_after
+        self._most_nodes = 1  # the most distinct nodes known at once, this one too
         for url in configured:
             self.learn(url, configured=True)
 
@@ -158,6 +159,18 @@ class Membership:
         attempt = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         attempt.attempt_number = peer.failures
         peer.retry_at = now + self._backoff(attempt)
+
+    def cluster_size(self, own_replica: str) -> int:
+        """Return how many nodes count for quorum and all, this one included.
+
+        That is every peer known now, and never fewer than the most distinct
+        nodes (by replica id) this node has known at once since it started:
+        forgetting peers that went away must not let a node cut off from
+        them make a quorum on its own.
+        """
+        replicas = {peer.replica for peer in self.peers.values() if peer.replica}
+        self._most_nodes = max(self._most_nodes, 1 + len(replicas - {own_replica}))
+        return max(1 + len(self.peers), self._most_nodes)
 
     def forget_departed(self, now: float) -> None:
         """Drop learned peers that have been down for too long."""

@@ -150,6 +150,27 @@ async def test_a_quorum_read_of_one_peer_needs_no_second_exchange(
     assert holds(peer, key, expected)
 
 
+async def test_forgotten_peers_still_count_for_a_quorum(cluster: Cluster) -> None:
+    """A node cut off until it forgets its peers still needs 2 of 3 for quorum."""
+    a, b, c = await cluster.add_three(sync_timeout=0.2)
+    key = (await a.client.post("/", headers=ALL)).text
+    await cluster.rounds(1)  # a learns b's and c's replica ids
+    cluster.network.partition([a.url], [b.url, c.url])
+    membership = a.gossiper.membership
+    for peer in list(membership.peers.values()):
+        for _ in range(3):
+            membership.failed(peer, "cut off", now=0.0)
+    membership.forget_departed(now=1e9)
+
+    quorum = await a.client.post(f"/{key}", headers=QUORUM)
+    everyone = await a.client.get(f"/{key}", headers=ALL)
+
+    assert membership.peers == {}
+    assert quorum.status_code == 503
+    assert quorum.text.startswith("Nixie-Consistency: quorum needs 2 of 3 nodes; 1")
+    assert everyone.status_code == 503
+
+
 async def test_a_read_short_of_its_level_is_503(cluster: Cluster) -> None:
     """A node cut off from both peers cannot read at quorum."""
     a, b, c = await cluster.add_three(sync_timeout=0.2)

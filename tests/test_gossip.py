@@ -1,5 +1,6 @@
 """Anti-entropy between in-process nodes, rounds driven by hand."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -246,6 +247,24 @@ async def test_flush_hands_pending_writes_to_peers(cluster: Cluster) -> None:
 
     assert caught_up
     assert [2, 2] == [await value(m, key) for m in (b, c)]
+
+
+async def test_flush_warns_of_writes_a_down_peer_lacks(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer too long unreachable to wait for is named in a warning at stop."""
+    a, b = await cluster.add(), await cluster.add()
+    await cluster.rounds()
+    cluster.network.down.add(b.url)
+    for _ in range(3):
+        await a.round()  # b goes down
+    a.node.create()
+    caplog.set_level(logging.INFO, logger="nixie.gossip")
+
+    caught_up = await a.gossiper.flush(seconds=0.5)
+
+    assert not caught_up
+    assert f"stopping before peer {b.url} (down) has every write" in caplog.text
 
 
 async def test_flush_gives_up_on_unreachable_peers(cluster: Cluster) -> None:
