@@ -14,9 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from nixie import codec
-from nixie.errors import BodyTooLarge, Unauthorized
+from nixie.errors import BodyTooLarge, InvalidInput, Unauthorized
 from nixie.gossip import Gossiper
 from nixie.settings import Settings
 
@@ -87,11 +88,16 @@ def _is_loopback(request: Request) -> bool:
 
 async def _read_payload(request: Request) -> bytes:
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > PAYLOAD_MAX_BYTES:
-            raise BodyTooLarge(f"payload: more than {PAYLOAD_MAX_BYTES} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > PAYLOAD_MAX_BYTES:
+                raise BodyTooLarge(f"payload: more than {PAYLOAD_MAX_BYTES} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # A peer that gave up on the exchange (its timeout, a partition)
+        # reads no answer; this keeps the traceback out of the log.
+        raise InvalidInput("payload: the peer left before sending it all") from exc
     return b"".join(chunks)
 
 

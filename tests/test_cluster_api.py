@@ -163,6 +163,42 @@ async def test_oversized_payload_is_refused(guarded: InProcessNode) -> None:
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("path", ["/_nixie/gossip", "/_nixie/sync"])
+async def test_a_peer_leaving_mid_payload_changes_nothing(
+    guarded: InProcessNode, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that disconnects before its payload is in gets no traceback logged."""
+    sent: list[dict[str, object]] = []
+
+    async def leaves() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", f"Bearer {SECRET}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("n", 80),
+    }
+    digest = guarded.node.digest.root
+
+    await guarded.app(scope, leaves, send)
+
+    assert 400 == sent[0]["status"]
+    assert "Traceback" not in caplog.text
+    assert digest == guarded.node.digest.root
+
+
 async def test_repair_refuses_keys_outside_its_buckets(guarded: InProcessNode) -> None:
     """A repair carrying a key of a bucket it did not name is refused."""
     other_bucket = (bucket_of("k1") + 1) % BUCKETS
