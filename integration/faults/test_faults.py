@@ -155,7 +155,14 @@ def test_the_balancer_keeps_the_peer_endpoints_to_the_nodes(
     cluster: ComposeCluster,
 ) -> None:
     """Through the balancer the peer endpoints are refused; the rest is served."""
-    peer_paths = ["/_nixie/gossip", "/_nixie/digest", "/_nixie/repair", "/_nixie/sync"]
+    peer_paths = [
+        "/_nixie/gossip",
+        "/_nixie/digest",
+        "/_nixie/repair",
+        "/_nixie/sync",
+        "/_nixie/%67ossip",
+        "/%5Fnixie/sync",
+    ]
 
     refused = [
         httpx.post(f"{cluster.lb_url}{path}", content="{}", timeout=5).status_code
