@@ -139,6 +139,11 @@ class _Contexts:
             if len(self._tokens) > self._capacity:
                 self._tokens.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        """Forget the token of `key`, whatever it is."""
+        with self._lock:
+            self._tokens.pop(key, None)
+
     def drop(self, key: str, token: str) -> None:
         """Forget the token of `key` if it is still `token`."""
         with self._lock:
@@ -176,6 +181,16 @@ class _BaseClient(Generic[_TransportT]):
         self._consistency = check_consistency(consistency)
         self._contexts = _Contexts()
         self._connect(transport)
+
+    def forget(self, key: str) -> None:
+        """Stop carrying the counter's Nixie-Context token to later requests.
+
+        A token can name a state no node can supply any more (the only node
+        that held a write lost its data dir): every request about the
+        counter is then `Unavailable`. Forgetting the token accepts what the
+        nodes have, and reading your own writes starts again from there.
+        """
+        self._contexts.discard(key)
 
     def _connect(self, transport: _TransportT | None) -> None:
         raise NotImplementedError

@@ -637,6 +637,20 @@ async def test_a_refused_token_is_dropped_and_the_read_sent_again(
     assert first == second
 
 
+async def test_a_forgotten_token_is_not_sent_again(
+    nixie: Driver, fake: FakeCluster
+) -> None:
+    """After `forget`, requests about the counter carry no token until answered."""
+    key = (await nixie.create(5)).key
+    await nixie.forget(key)
+    fake.sent.clear()
+
+    await nixie.get(key)
+    await nixie.get(key)
+
+    assert [None, f"{key}@1"] == tokens(fake)
+
+
 async def test_a_write_sent_again_without_its_token_keeps_its_key(
     nixie: Driver, fake: FakeCluster
 ) -> None:
