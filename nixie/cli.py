@@ -21,7 +21,15 @@ logger = logging.getLogger(__name__)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 DEFAULTS = Settings()
-PEER_PATHS = ("/_nixie/gossip", "/_nixie/digest", "/_nixie/repair", "/_nixie/sync")
+# Requests kept out of the access log unless debugging: peers exchange
+# several a second, and health checks come every second or two.
+QUIET_PATHS = (
+    "/_nixie/gossip",
+    "/_nixie/digest",
+    "/_nixie/repair",
+    "/_nixie/sync",
+    "/_nixie/health",
+)
 
 
 def _peer_list(
@@ -243,13 +251,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 class QuietPeerTraffic(logging.Filter):
-    """Keep the access log to client requests: peers exchange several a second."""
+    """Keep the access log to client requests: no peer traffic, no health checks."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Drop access lines of the peer endpoints."""
+        """Drop access lines of the peer and health endpoints."""
         args = record.args
         path = args[2] if isinstance(args, tuple) and len(args) > 2 else ""
-        return not (isinstance(path, str) and path.startswith(PEER_PATHS))
+        return not (isinstance(path, str) and path.startswith(QUIET_PATHS))
 
 
 def logging_config(debug: bool) -> dict[str, Any]:
