@@ -172,7 +172,7 @@ def _start_background(
         "gossiping every %.3g s as %s with peers %s",
         settings.gossip_interval,
         gossiper.identity.url,
-        ", ".join(settings.peers) or "(none yet)",
+        ", ".join(gossiper.membership.peers) or "(none yet)",
     )
     tasks = [
         asyncio.create_task(gossiper.run(settings.gossip_interval)),

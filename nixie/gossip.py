@@ -242,6 +242,7 @@ class Gossiper:
             raise PeerError(f"peer {peer.url}: not {BUCKETS} bucket digests")
         differing = self.node.digest.differing(theirs)
         my_counts = self.node.digest.counts()
+        repaired = 0  # counters exchanged, both ways
 
         for _ in range(REPAIR_CALLS_PER_ROUND):
             if not differing:
@@ -267,8 +268,15 @@ class Gossiper:
             )
             received = parse_states(reply.get("states"), set(chunk))
             self.node.merge(received, peer.replica, log=False)
+            repaired += len(mine) + len(received)
         if not differing:
             peer.needs_repair = False
+            if repaired:
+                logger.info(
+                    "repair with peer %s done; its last round exchanged %d counters",
+                    peer.url,
+                    repaired,
+                )
 
     async def _post(
         self, peer: Peer, path: str, body: dict[str, Any]

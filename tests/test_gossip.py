@@ -136,6 +136,27 @@ async def test_new_node_catches_up_by_repair(cluster: Cluster) -> None:
     assert await value(late, keys[0]) is None
 
 
+async def test_a_finished_repair_is_logged_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator sees when a repair ends, and no such line once in sync."""
+    a = await cluster.add()
+    for i in range(10):
+        a.node.create(start=i)
+    late = await cluster.add(peers=[a.url])
+    caplog.set_level(logging.INFO, logger="nixie.gossip")
+
+    await cluster.rounds(4)
+
+    assert cluster.converged()
+    done = [
+        r.getMessage() for r in caplog.records if "repair with peer" in r.getMessage()
+    ]
+    assert len(done) == 1
+    assert done[0].endswith("exchanged 10 counters")
+    assert late.url in done[0] or a.url in done[0]
+
+
 async def test_idle_rounds_cost_the_same_whatever_the_size(cluster: Cluster) -> None:
     """An idle, converged cluster sends a small, fixed number of bytes a round."""
     a = await cluster.add()
