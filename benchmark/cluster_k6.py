@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.local_cluster import (
-    DEFAULT_GOSSIP_INTERVAL,
     DEFAULT_NODES,
     ClusterNode,
+    add_gossip_interval_option,
     running_cluster,
 )
 from benchmark.run import (
@@ -167,19 +167,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3,
         help="runs per target, alternated; the table shows medians (default 3)",
     )
-    parser.add_argument(
-        "--gossip-interval",
-        type=float,
-        default=DEFAULT_GOSSIP_INTERVAL,
-        help=f"seconds between the cluster's gossip rounds "
-        f"(default {DEFAULT_GOSSIP_INTERVAL})",
-    )
+    add_gossip_interval_option(parser)
     add_output_options(parser, "cluster-k6")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.gossip_interval <= 0:
-        parser.error("--gossip-interval must be positive")
     return args
 
 

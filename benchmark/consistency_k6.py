@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmark.cluster_k6 import measure_cluster
-from benchmark.local_cluster import DEFAULT_GOSSIP_INTERVAL
+from benchmark.local_cluster import add_gossip_interval_option
 from benchmark.run import (
     MATCH_CHECK,
     BenchmarkError,
@@ -201,19 +201,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=list(BY_NAME),
         help="run only this scenario; repeat for several (default: all)",
     )
-    parser.add_argument(
-        "--gossip-interval",
-        type=float,
-        default=DEFAULT_GOSSIP_INTERVAL,
-        help=f"seconds between the cluster's gossip rounds "
-        f"(default {DEFAULT_GOSSIP_INTERVAL})",
-    )
+    add_gossip_interval_option(parser)
     add_output_options(parser, "consistency-k6")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    if args.gossip_interval <= 0:
-        parser.error("--gossip-interval must be positive")
     return args
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from benchmark.local_cluster import DEFAULT_GOSSIP_INTERVAL, running_cluster
+from benchmark.local_cluster import add_gossip_interval_option, running_cluster
 from benchmark.run import BUSY_LOAD, RESULTS_DIR, BenchmarkError, add_output_options
 
 logger = logging.getLogger(__name__)
@@ -291,21 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=CLIENTS,
         help=f"concurrent writers in a burst (default {CLIENTS})",
     )
-    parser.add_argument(
-        "--gossip-interval",
-        type=float,
-        default=DEFAULT_GOSSIP_INTERVAL,
-        help=f"seconds between the nodes' gossip rounds "
-        f"(default {DEFAULT_GOSSIP_INTERVAL})",
-    )
+    add_gossip_interval_option(parser)
     parser.add_argument("--seed", type=int, help="seed of the random choices")
     add_output_options(parser, "convergence")
     args = parser.parse_args(argv)
     for name in ("bursts", "writes", "counters", "clients"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.gossip_interval <= 0:
-        parser.error("--gossip-interval must be positive")
     return args
 
 

@@ -6,6 +6,7 @@ handed over only once every node answers and sees all its peers up, and every
 node is stopped on the way out, whatever happened.
 """
 
+import argparse
 import contextlib
 import logging
 import os
@@ -34,6 +35,26 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NODES = 3
 DEFAULT_GOSSIP_INTERVAL = 0.25  # seconds; nixie-cli's own default
+
+
+def add_gossip_interval_option(parser: argparse.ArgumentParser) -> None:
+    """Add --gossip-interval, in seconds, for the clusters a benchmark starts."""
+    parser.add_argument(
+        "--gossip-interval",
+        type=_positive_seconds,
+        default=DEFAULT_GOSSIP_INTERVAL,
+        help=f"seconds between the cluster's gossip rounds "
+        f"(default {DEFAULT_GOSSIP_INTERVAL})",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return seconds
+
+
 POLL_INTERVAL = 0.05  # seconds between two looks at a starting cluster
 
 

@@ -22,6 +22,26 @@ from nixie.node import Node
 from nixie.settings import Settings
 
 
+def http_scope(
+    method: str, path: str, headers: list[tuple[bytes, bytes]]
+) -> dict[str, Any]:
+    """Return the ASGI scope of one HTTP/1.1 request from loopback."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+
+
 @dataclass
 class Network:
     """Route requests between in-process nodes, with partitions."""

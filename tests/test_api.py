@@ -17,6 +17,7 @@ from nixie.errors import StorageError
 from nixie.inputs import BODY_MAX_BYTES
 from nixie.values import INT64_MAX
 from tests.conftest import Fetch, MakeCounter
+from tests.harness import http_scope
 
 METADATA_HEADERS = ("nixie-name", "nixie-description", "nixie-step")
 
@@ -407,20 +408,8 @@ def raw_request(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-length", b"10")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("testserver", 80),
-    }
+    headers = [(b"host", b"testserver"), (b"content-length", b"10")]
+    scope = http_scope(method, path, headers)
     assert client.portal is not None
     client.portal.call(client.app, scope, receive, send)
     start = next((m for m in sent if m["type"] == "http.response.start"), {})

@@ -8,7 +8,7 @@ import pytest
 from nixie import codec, crdt
 from nixie.crdt import Stamp
 from nixie.digest import BUCKETS, bucket_of
-from tests.harness import Cluster, InProcessNode
+from tests.harness import Cluster, InProcessNode, http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -176,20 +176,7 @@ async def test_a_peer_leaving_mid_payload_changes_nothing(
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"authorization", f"Bearer {SECRET}".encode())],
-        "client": ("127.0.0.1", 1),
-        "server": ("n", 80),
-    }
+    scope = http_scope("POST", path, [(b"authorization", f"Bearer {SECRET}".encode())])
     digest = guarded.node.digest.root
 
     await guarded.app(scope, leaves, send)
