@@ -1,7 +1,7 @@
 """Encode counter states as compact JSON values, and decode them strictly.
 
-The same encoding serves the data dir and, later, gossip between nodes, so
-decoding trusts nothing: every field is checked for type and range, and a
+The same encoding serves gossip between nodes and the data dir, so decoding
+trusts nothing: every field is checked for type and range, and a
 state that could not have been produced by a correct replica is refused.
 Integers stay integers end to end; a float anywhere is an error.
 
@@ -13,9 +13,14 @@ Integers stay integers end to end; a float anywhere is an error.
      "r": {idempotency key: [time, replica, amount, fingerprint,
                              status, body, {header: value}, folded]},
      "d": [time, replica]}                 deletion stamp (only "r" beside it)
+
+Gossip carries whole states. The data dir and the digest keep a state's core
+(everything but "r") apart from its receipts, one text each, so a write
+encodes only the receipts it changed: `canonical_core`, `canonical_receipt`.
 """
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from nixie.crdt import CounterState, Receipt, Register, Stamp
@@ -51,9 +56,14 @@ _HEX = frozenset("0123456789abcdef")
 
 def encode_state(state: CounterState) -> dict[str, Any]:
     """Return the JSON-ready form of a state."""
-    out: dict[str, Any] = {}
+    out = _encode_core(state)
     if state.receipts:
         out["r"] = {key: _encode_receipt(r) for key, r in state.receipts.items()}
+    return out
+
+
+def _encode_core(state: CounterState) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if state.deleted is not None:
         out["d"] = list(state.deleted)
         return out
@@ -121,9 +131,34 @@ def dumps(data: object) -> str:
 
 def canonical(state: CounterState) -> str:
     """Return a state's one text form: equal states give equal texts."""
-    return json.dumps(
-        encode_state(state), separators=(",", ":"), ensure_ascii=False, sort_keys=True
-    )
+    return _canonical(encode_state(state))
+
+
+def canonical_core(state: CounterState) -> str:
+    """Return the one text form of a state without its receipts."""
+    return _canonical(_encode_core(state))
+
+
+def canonical_receipt(receipt: Receipt) -> str:
+    """Return a receipt's one text form: equal receipts give equal texts."""
+    return _canonical(_encode_receipt(receipt))
+
+
+def decode_parts(core: str, receipts: Mapping[str, str]) -> CounterState:
+    """Build a state from its stored core and receipt texts, or raise `InvalidInput`."""
+    data = loads(core)
+    if isinstance(data, dict) and "r" in data:
+        raise InvalidInput("state: a core state carries no receipts")
+    state = decode_state(data)
+    state.receipts = {
+        check_idempotency_key(key, "r: key"): _receipt(loads(text))
+        for key, text in receipts.items()
+    }
+    return state
+
+
+def _canonical(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def loads(text: str | bytes) -> Any:
