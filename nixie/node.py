@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from nixie import codec, crdt, hlc
@@ -29,7 +30,7 @@ from nixie.deltas import DeltaLog
 from nixie.digest import Digest
 from nixie.errors import IdempotencyConflict, InvalidInput, OutOfRange, UnknownKey
 from nixie.hlc import HybridClock
-from nixie.store import Store, new_replica_id
+from nixie.store import Change, Store, new_replica_id
 from nixie.values import INT64_MAX, INT64_MIN, in_int64
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,11 @@ class Node:
         self._listing: str | None = None
         self._receipt_owner: dict[str, str] = {}  # idempotency key -> counter
 
-        for key, text in store.load():
-            state = codec.decode_state(codec.loads(text))
+        for key, core, receipts in store.load():
+            state = codec.decode_parts(core, receipts)
             self._states[key] = state
-            self._index_receipts(key, state)
-            self.digest.update(key, text)
+            self._index_receipts(key, state.receipts)
+            self.digest.update(key, core, receipts)
             self.clock.observe(crdt.latest_time(state))
         logger.info(
             "replica %s loaded %d counters from %s",
@@ -289,10 +290,14 @@ class Node:
             new = state.copy()
             for idempotency_key in stale:
                 del new.receipts[idempotency_key]
-                self._receipt_owner.pop(idempotency_key, None)
-            text = codec.canonical(new)
-            self.store.save(key, text)
-            self._install(key, state, new, text)
+            change = _change(key, state, new, (), stale)
+            self.store.save(change)
+            self._install(key, state, new, change)
+            for idempotency_key in stale:
+                # Another counter may hold a receipt of this key too, from
+                # a conflicting use: its claim stays.
+                if self._receipt_owner.get(idempotency_key) == key:
+                    del self._receipt_owner[idempotency_key]
             purged += len(stale)
         return purged
 
@@ -307,7 +312,7 @@ class Node:
         """
         _refuse_far_future(remotes, self.clock.wall())
         remotes = dict(remotes)  # expired receipts are left out below
-        changed: dict[str, tuple[CounterState, CounterState, str]] = {}
+        changed: dict[str, tuple[CounterState, CounterState, Change]] = {}
         stale = False
         horizon = self._purge_horizon()
         for key, remote in remotes.items():
@@ -319,16 +324,17 @@ class Node:
             stale = stale or _ahead_of(remote, state, self.replica_id)
             candidate = state.copy()
             if candidate.merge(remote):
-                changed[key] = (state, candidate, codec.canonical(candidate))
+                change = _change(key, state, candidate, remote.receipts)
+                changed[key] = (state, candidate, change)
             self.clock.observe(crdt.latest_time(remote))
         if stale:
             self._take_fresh_replica_id()
         if not changed:
             return {}
 
-        self.store.save_many([(key, text) for key, (_, _, text) in changed.items()])
-        for key, (old, new, text) in changed.items():
-            self._install(key, old, new, text)
+        self.store.save_many([change for _, _, change in changed.values()])
+        for key, (old, new, change) in changed.items():
+            self._install(key, old, new, change)
             if log:
                 self.deltas.append(key, remotes[key], origin)
         return {key: new for key, (_, new, _) in changed.items()}
@@ -372,24 +378,23 @@ class Node:
     ) -> CounterState:
         crdt.bump(state, delta, self.replica_id)
         new = crdt.merged(state, delta)
-        text = codec.canonical(new)
-        self.store.save(key, text)
-        self._install(key, state, new, text)
+        change = _change(key, state, new, delta.receipts)
+        self.store.save(change)
+        self._install(key, state, new, change)
         self.deltas.append(key, delta, None)
         return new
 
     def _install(
-        self, key: str, old: CounterState, new: CounterState, text: str
+        self, key: str, old: CounterState, new: CounterState, change: Change
     ) -> None:
         self._states[key] = new
-        self.digest.update(key, text)
+        self.digest.update(key, change.state, change.receipts, change.purged)
         if old.live != new.live:
             self._listing = None
-        if new.receipts:
-            self._index_receipts(key, new)
+        self._index_receipts(key, change.receipts)
 
-    def _index_receipts(self, key: str, state: CounterState) -> None:
-        for idempotency_key in state.receipts:
+    def _index_receipts(self, key: str, idempotency_keys: Iterable[str]) -> None:
+        for idempotency_key in idempotency_keys:
             self._receipt_owner.setdefault(idempotency_key, key)
 
     def _purge_horizon(self) -> int:
@@ -413,6 +418,27 @@ class Node:
 
     def _stamp(self) -> Stamp:
         return Stamp(self.clock.now(), self.replica_id)
+
+
+def _change(
+    key: str,
+    old: CounterState,
+    new: CounterState,
+    touched: Iterable[str],
+    purged: Sequence[str] = (),
+) -> Change:
+    """Return what storing `new` in place of `old` writes.
+
+    `touched` names the receipts the write may have added or changed (a
+    delta's, or a merged remote state's); those whose value is still what
+    `old` held are left out, so a merge rewrites no receipt it already had.
+    """
+    receipts = {}
+    for idempotency_key in touched:
+        receipt = new.receipts[idempotency_key]
+        if receipt != old.receipts.get(idempotency_key):
+            receipts[idempotency_key] = codec.canonical_receipt(receipt)
+    return Change(key, codec.canonical_core(new), receipts, purged)
 
 
 def _expired(

@@ -1,10 +1,13 @@
 """Durable storage of a node's counters in SQLite, inside its data dir.
 
-Each counter is one row holding its canonical encoded state (`nixie.codec`).
-A write is one statement in autocommit mode, so by the time `save` returns
-the transaction is in the write-ahead log and survives the node being
-killed. With `synchronous=NORMAL` SQLite does not fsync on every commit: a
-power cut can lose the last transactions, a killed process cannot.
+Each counter is one row of `counters` holding its canonical encoded state
+without receipts (`nixie.codec.canonical_core`), and each of its receipts is
+one row of `receipts`, so a write stores the counter's core and only the
+receipts it added, changed or purged, however many the counter holds. A
+write is one transaction, so by the time `save` returns it is in the
+write-ahead log and survives the node being killed. With `synchronous=NORMAL`
+SQLite does not fsync on every commit: a power cut can lose the last
+transactions, a killed process cannot.
 
 The data dir is locked while a node uses it, so two processes never share
 one (and so never share a replica id).
@@ -16,8 +19,9 @@ import os
 import secrets
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from nixie.errors import StorageError
 
@@ -32,11 +36,34 @@ CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     state TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS receipts (
+    key TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    PRIMARY KEY (key, idempotency_key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+class Change(NamedTuple):
+    """One counter's write: its new core state and the receipts it touched."""
+
+    key: str
+    state: str  # canonical core state, receipts left out
+    receipts: Mapping[str, str]  # idempotency key -> receipt, added or changed
+    purged: Sequence[str]  # idempotency keys of the receipts dropped
+
+
+class Stored(NamedTuple):
+    """One stored counter: its core state and its receipts."""
+
+    key: str
+    state: str
+    receipts: dict[str, str]  # idempotency key -> receipt
 
 
 def new_replica_id() -> str:
@@ -111,27 +138,45 @@ class Store:
             raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
         return fresh
 
-    def load(self) -> Iterator[tuple[str, str]]:
-        """Yield every stored counter's key and encoded state."""
-        yield from self._db.execute("SELECT key, state FROM counters")
+    def load(self) -> Iterator[Stored]:
+        """Yield every stored counter with its receipts."""
+        receipts: dict[str, dict[str, str]] = {}
+        for key, idempotency_key, receipt in self._db.execute(
+            "SELECT key, idempotency_key, receipt FROM receipts"
+        ):
+            receipts.setdefault(key, {})[idempotency_key] = receipt
+        for key, state in self._db.execute("SELECT key, state FROM counters"):
+            yield Stored(key, state, receipts.get(key, {}))
 
-    def save(self, key: str, encoded: str) -> None:
-        """Store a counter's encoded state durably before returning."""
-        try:
-            self._db.execute(
-                "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)",
-                (key, encoded),
-            )
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
+    def save(self, change: Change) -> None:
+        """Store one counter's write durably before returning."""
+        self.save_many([change])
 
-    def save_many(self, rows: list[tuple[str, str]]) -> None:
-        """Store several counters' encoded states in one transaction."""
+    def save_many(self, changes: list[Change]) -> None:
+        """Store several counters' writes in one transaction."""
         try:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)", rows
+                    "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)",
+                    [(change.key, change.state) for change in changes],
+                )
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO receipts (key, idempotency_key, receipt) "
+                    "VALUES (?, ?, ?)",
+                    [
+                        (change.key, idempotency_key, receipt)
+                        for change in changes
+                        for idempotency_key, receipt in change.receipts.items()
+                    ],
+                )
+                self._db.executemany(
+                    "DELETE FROM receipts WHERE key = ? AND idempotency_key = ?",
+                    [
+                        (change.key, idempotency_key)
+                        for change in changes
+                        for idempotency_key in change.purged
+                    ],
                 )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc

@@ -10,7 +10,7 @@ from nixie import crdt
 from nixie.crdt import CounterState, Stamp
 from nixie.errors import OutOfRange, StorageError, UnknownKey
 from nixie.node import KEY_CHARS, Node
-from nixie.store import Store
+from nixie.store import Change, Store
 from nixie.values import INT64_MAX, INT64_MIN
 
 NodeFactory = Callable[..., Node]
@@ -202,7 +202,7 @@ def test_failed_write_changes_nothing(
     """A write that cannot be stored leaves the node as it was."""
     key, _ = node.create(start=1)
 
-    def broken(key: str, encoded: str) -> None:
+    def broken(change: Change) -> None:
         raise StorageError("disk full")
 
     monkeypatch.setattr(node.store, "save", broken)
