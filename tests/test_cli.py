@@ -54,6 +54,34 @@ def test_acknowledged_increments_survive_sigkill(tmp_path: Path) -> None:
     assert read.text == str(5 + increments)
 
 
+def test_acknowledged_keyed_increments_survive_sigkill(tmp_path: Path) -> None:
+    """Every keyed increment answered 200 counts once after a kill -9, and replays."""
+    data_dir = tmp_path / "data"
+    increments = 100
+
+    with run_node(data_dir) as node:
+        with httpx.Client(base_url=node.url, timeout=REQUEST_TIMEOUT) as http:
+            key = _create(http, start=5)
+            answers = [
+                http.post(f"/{key}", headers={"Idempotency-Key": f"k-{i}"})
+                for i in range(increments)
+            ]
+        node.process.kill()
+        killed = node.process.wait(timeout=REQUEST_TIMEOUT)
+
+    with (
+        run_node(data_dir) as node,
+        httpx.Client(base_url=node.url, timeout=REQUEST_TIMEOUT) as http,
+    ):
+        retry = http.post(f"/{key}", headers={"Idempotency-Key": "k-0"})
+        read = http.get(f"/{key}")
+
+    assert [200] * increments == [answer.status_code for answer in answers]
+    assert killed == -signal.SIGKILL
+    assert (200, "6") == (retry.status_code, retry.text)
+    assert (200, str(5 + increments)) == (read.status_code, read.text)
+
+
 def test_restart_restores_counters_metadata_and_tombstones(tmp_path: Path) -> None:
     """A restarted node serves the same counters, metadata, deletions and replica id."""
     data_dir = tmp_path / "data"
