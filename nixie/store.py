@@ -66,6 +66,9 @@ class Stored(NamedTuple):
     receipts: dict[str, str]  # idempotency key -> receipt
 
 
+_SAVE_COUNTER = "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)"
+
+
 def new_replica_id() -> str:
     """Return a fresh, random replica id (128 bits, URL-safe)."""
     return secrets.token_urlsafe(16)
@@ -150,7 +153,18 @@ class Store:
 
     def save(self, change: Change) -> None:
         """Store one counter's write durably before returning."""
-        self.save_many([change])
+        if change.receipts or change.purged:
+            self.save_many([change])
+            return
+        # A write that touches no receipt is one statement, its own
+        # transaction in autocommit mode: the common case, kept cheap.
+        try:
+            self._db.execute(
+                _SAVE_COUNTER,
+                (change.key, change.state),
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
 
     def save_many(self, changes: list[Change]) -> None:
         """Store several counters' writes in one transaction."""
@@ -158,26 +172,30 @@ class Store:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO counters (key, state) VALUES (?, ?)",
+                    _SAVE_COUNTER,
                     [(change.key, change.state) for change in changes],
                 )
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO receipts (key, idempotency_key, receipt) "
-                    "VALUES (?, ?, ?)",
-                    [
-                        (change.key, idempotency_key, receipt)
-                        for change in changes
-                        for idempotency_key, receipt in change.receipts.items()
-                    ],
-                )
-                self._db.executemany(
-                    "DELETE FROM receipts WHERE key = ? AND idempotency_key = ?",
-                    [
-                        (change.key, idempotency_key)
-                        for change in changes
-                        for idempotency_key in change.purged
-                    ],
-                )
+                receipts = [
+                    (change.key, idempotency_key, receipt)
+                    for change in changes
+                    for idempotency_key, receipt in change.receipts.items()
+                ]
+                if receipts:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO receipts "
+                        "(key, idempotency_key, receipt) VALUES (?, ?, ?)",
+                        receipts,
+                    )
+                purged = [
+                    (change.key, idempotency_key)
+                    for change in changes
+                    for idempotency_key in change.purged
+                ]
+                if purged:
+                    self._db.executemany(
+                        "DELETE FROM receipts WHERE key = ? AND idempotency_key = ?",
+                        purged,
+                    )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot write {self.data_dir}: {exc}") from exc
 
