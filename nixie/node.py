@@ -452,7 +452,10 @@ def _expired(
     Folded receipts and those of deleted counters count no more. Given the
     `local` state of this node's `replica`, so do this replica's own
     receipts that `local` lacks: this replica never drops a receipt it made
-    but by purging it, after folding it into its totals.
+    but by purging it, after folding it into its totals. But a folded
+    receipt of which `local` holds the unfolded copy is kept, however old:
+    it comes with the totals it was folded into, and only it can cancel
+    that copy, which would otherwise count the write a second time.
     """
     deleted = state.deleted is not None or (
         local is not None and local.deleted is not None
@@ -462,7 +465,7 @@ def _expired(
         for idempotency_key, receipt in state.receipts.items()
         if receipt.stamp.time < horizon
         and (
-            receipt.folded
+            (receipt.folded and not _unfolded_in(local, idempotency_key))
             or deleted
             or (
                 local is not None
@@ -471,6 +474,12 @@ def _expired(
             )
         )
     ]
+
+
+def _unfolded_in(state: CounterState | None, idempotency_key: str) -> bool:
+    """Tell whether `state` holds the receipt unfolded, still counting it."""
+    receipt = None if state is None else state.receipts.get(idempotency_key)
+    return receipt is not None and not receipt.folded
 
 
 def _without_expired(

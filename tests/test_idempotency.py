@@ -295,6 +295,33 @@ def test_folding_and_purging_keep_the_value(tmp_path: Path) -> None:
     assert node.get(key).value == 4
 
 
+def test_a_fold_that_comes_after_twice_the_window_still_cancels_the_receipt(
+    tmp_path: Path,
+) -> None:
+    """A peer holding the receipt unfolded takes the maker's fold however late,
+    so the write counts once (the maker was down past twice the window)."""
+    wall = Wall()
+    maker = open_node(tmp_path / "maker", wall)
+    peer = open_node(tmp_path / "peer", wall)
+    key, _ = maker.create()
+    maker.increment(key, IDEM)
+    made = maker.state(key)
+    assert made is not None
+    peer.merge({key: made}, None)
+    wall.millis += 3 * DAY_MS
+    assert maker.fold_receipts() == 1
+    fold = maker.state(key)  # what the fold's delta carries
+    assert fold is not None
+    assert maker.purge_receipts() == 1
+
+    peer.merge({key: fold}, None)
+
+    assert 1 == peer.get(key).value == maker.get(key).value
+    assert peer.get(key).receipts["k-1"].folded
+    assert peer.purge_receipts() == 1
+    assert peer.digest.root == maker.digest.root
+
+
 def test_only_the_maker_folds_a_receipt(tmp_path: Path) -> None:
     """A receipt made by another replica stays unfolded here, and counted."""
     wall = Wall()
