@@ -10,6 +10,7 @@ Integers stay integers end to end; a float anywhere is an error.
      "name": [value, time, replica],       one register per metadata field
      "desc": [...], "step": [...],
      "v": {replica: writes},               versions
+     "u": {replica: time},                 receipts folded before that time
      "r": {idempotency key: [time, replica, amount, fingerprint,
                              status, body, {header: value}, folded]},
      "d": [time, replica]}                 deletion stamp (only "r" beside it)
@@ -83,6 +84,8 @@ def _encode_core(state: CounterState) -> dict[str, Any]:
             out[name] = [register.value, *register.stamp]
     if state.versions:
         out["v"] = state.versions
+    if state.folded_upto:
+        out["u"] = state.folded_upto
     return out
 
 
@@ -102,7 +105,7 @@ def decode_state(data: object) -> CounterState:
     """Build a state from its JSON form, or raise `InvalidInput`."""
     if not isinstance(data, dict):
         raise InvalidInput("state: expected an object")
-    unknown = data.keys() - {"c", "p", "n", "name", "desc", "step", "v", "r", "d"}
+    unknown = data.keys() - {"c", "p", "n", "name", "desc", "step", "v", "u", "r", "d"}
     if unknown:
         raise InvalidInput(f"state: unknown fields {sorted(unknown)}")
 
@@ -121,6 +124,7 @@ def decode_state(data: object) -> CounterState:
         step=_step_register(data.get("step")),
         versions=_totals(data.get("v", {}), "v"),
         receipts=receipts,
+        folded_upto=_times(data.get("u", {}), "u"),
     )
 
 
@@ -198,6 +202,15 @@ def _totals(value: object, where: str) -> dict[str, int]:
     return {
         _replica(replica, where): _integer(total, where, 1, TOTAL_MAX)
         for replica, total in value.items()
+    }
+
+
+def _times(value: object, where: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{where}: expected an object")
+    return {
+        _replica(replica, where): _integer(time, where, 1, TIME_MAX)
+        for replica, time in value.items()
     }
 
 

@@ -19,8 +19,11 @@ way everywhere (the earliest stamp), and the value counts its amount once.
 After a retention window the replica that made the surviving receipt folds
 it: it moves the amount into its own totals and marks the receipt folded in
 one delta; a folded receipt beats an unfolded one, so the amount is never
-counted twice. Receipts outlive a deletion, so a retried DELETE still gets
-its first answer.
+counted twice. The same delta raises the replica's fold watermark
+(`folded_upto`, joined by maximum): every receipt that replica made before
+it is folded, so a stale unfolded copy met later, even once the folded
+receipt itself has been dropped, counts nothing. Receipts outlive a
+deletion, so a retried DELETE still gets its first answer.
 
 `versions` counts, per replica, the writes it made to the counter. A replica
 whose versions are at least another's has seen every write the other had
@@ -36,7 +39,6 @@ This module does no I/O and knows nothing of keys, HTTP or storage.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
@@ -126,6 +128,9 @@ class CounterState:
     deleted: Stamp | None = None
     versions: dict[str, int] = field(default_factory=dict)
     receipts: dict[str, Receipt] = field(default_factory=dict)
+    # Per replica, a clock time: every receipt that replica made before it is
+    # folded into its totals, whichever copy of the receipt a state holds.
+    folded_upto: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # A tombstone carries its stamp and receipts, whatever it was built from.
@@ -144,9 +149,16 @@ class CounterState:
             return 0
         total = sum(self.increments.values()) - sum(self.decrements.values())
         for receipt in self.receipts.values():
-            if not receipt.folded:
+            if self.counts(receipt):
                 total += receipt.amount
         return total
+
+    def counts(self, receipt: Receipt) -> bool:
+        """Tell whether a receipt still adds its amount, not yet folded."""
+        stamp = receipt.stamp
+        return not receipt.folded and stamp.time >= self.folded_upto.get(
+            stamp.replica, 0
+        )
 
     @property
     def step_value(self) -> int:
@@ -177,6 +189,7 @@ class CounterState:
         copied.deleted = self.deleted
         copied.versions = dict(self.versions)
         copied.receipts = dict(self.receipts)
+        copied.folded_upto = dict(self.folded_upto)
         return copied
 
     def merge(self, other: CounterState) -> bool:
@@ -192,6 +205,7 @@ class CounterState:
         changed = _merge_totals(self.increments, other.increments) or changed
         changed = _merge_totals(self.decrements, other.decrements) or changed
         changed = _merge_totals(self.versions, other.versions) or changed
+        changed = _merge_totals(self.folded_upto, other.folded_upto) or changed
 
         created = _max_stamp(self.created, other.created)
         name = _later(self.name, other.name)
@@ -216,6 +230,7 @@ class CounterState:
         self.increments = {}
         self.decrements = {}
         self.versions = {}
+        self.folded_upto = {}
         self.name = self.description = self.step = None
         self.deleted = deleted
 
@@ -251,7 +266,8 @@ def latest_time(state: CounterState) -> int:
     stamps = [state.created, state.deleted]
     stamps += [r.stamp for r in (state.name, state.description, state.step) if r]
     stamps += [receipt.stamp for receipt in state.receipts.values()]
-    return max((stamp.time for stamp in stamps if stamp is not None), default=0)
+    times = [stamp.time for stamp in stamps if stamp is not None]
+    return max([*times, *state.folded_upto.values()], default=0)
 
 
 def create(
@@ -317,19 +333,21 @@ def bump(state: CounterState, delta: CounterState, replica: str) -> CounterState
     return delta
 
 
-def fold(state: CounterState, keys: Iterable[str], replica: str) -> CounterState | None:
-    """Return the delta that folds `replica`'s receipts `keys` into its totals.
+def fold(state: CounterState, replica: str, upto: int) -> CounterState | None:
+    """Return the delta that folds `replica`'s receipts made before `upto`.
 
     Only the replica that made a receipt folds it, so its amount moves into
     one replica's totals once. The receipts fold together, in one delta that
-    adds their sum. None when none of them is left to fold.
+    adds their sum and raises `replica`'s fold watermark to `upto`: a copy of
+    any of them, unfolded, that another replica holds or gets later from a
+    stale node then counts no more there. None when nothing is left to fold.
     """
     folded = {
         key: dataclasses.replace(receipt, folded=True)
-        for key in keys
-        if (receipt := state.receipts.get(key)) is not None
-        and not receipt.folded
-        and receipt.stamp.replica == replica
+        for key, receipt in state.receipts.items()
+        if receipt.stamp.replica == replica
+        and receipt.stamp.time < upto
+        and state.counts(receipt)
     }
     if not folded:
         return None
@@ -337,4 +355,5 @@ def fold(state: CounterState, keys: Iterable[str], replica: str) -> CounterState
         return CounterState(deleted=state.deleted, receipts=folded)
     delta = add(state, replica, sum(receipt.amount for receipt in folded.values()))
     delta.receipts.update(folded)
+    delta.folded_upto[replica] = max(upto, state.folded_upto.get(replica, 0))
     return bump(state, delta, replica)

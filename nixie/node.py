@@ -254,24 +254,14 @@ class Node:
         The due receipts of one counter fold in one write of it.
         """
         oldest = hlc.from_millis(self.clock.wall() - self.retention_ms)
-        due = {
-            key: [
-                idempotency_key
-                for idempotency_key, receipt in state.receipts.items()
-                if not receipt.folded
-                and receipt.stamp.replica == self.replica_id
-                and receipt.stamp.time < oldest
-            ]
-            for key, state in self._states.items()
-            if state.receipts
-        }
         folded = 0
-        for key, idempotency_keys in due.items():
-            state = self._states[key]
-            delta = crdt.fold(state, idempotency_keys, self.replica_id)
+        for key, state in list(self._states.items()):
+            if not state.receipts:
+                continue
+            delta = crdt.fold(state, self.replica_id, oldest)
             if delta is not None:
                 self._apply(key, state, delta)
-                folded += len(idempotency_keys)
+                folded += len(delta.receipts)
         return folded
 
     def purge_receipts(self) -> int:
@@ -449,13 +439,11 @@ def _expired(
 ) -> list[str]:
     """Return the receipts of `state` older than `horizon` that count no more.
 
-    Folded receipts and those of deleted counters count no more. Given the
-    `local` state of this node's `replica`, so do this replica's own
-    receipts that `local` lacks: this replica never drops a receipt it made
-    but by purging it, after folding it into its totals. But a folded
-    receipt of which `local` holds the unfolded copy is kept, however old:
-    it comes with the totals it was folded into, and only it can cancel
-    that copy, which would otherwise count the write a second time.
+    Folded receipts, those their maker's fold watermark covers, and those of
+    deleted counters count no more. Given the `local` state of this node's
+    `replica`, so do this replica's own receipts that `local` lacks: this
+    replica never drops a receipt it made but by purging it, after folding
+    it into its totals.
     """
     deleted = state.deleted is not None or (
         local is not None and local.deleted is not None
@@ -465,7 +453,7 @@ def _expired(
         for idempotency_key, receipt in state.receipts.items()
         if receipt.stamp.time < horizon
         and (
-            (receipt.folded and not _unfolded_in(local, idempotency_key))
+            _counts_no_more(receipt, idempotency_key, state, local)
             or deleted
             or (
                 local is not None
@@ -476,10 +464,25 @@ def _expired(
     ]
 
 
-def _unfolded_in(state: CounterState | None, idempotency_key: str) -> bool:
-    """Tell whether `state` holds the receipt unfolded, still counting it."""
-    receipt = None if state is None else state.receipts.get(idempotency_key)
-    return receipt is not None and not receipt.folded
+def _counts_no_more(
+    receipt: Receipt,
+    idempotency_key: str,
+    state: CounterState,
+    local: CounterState | None,
+) -> bool:
+    """Tell whether a receipt of `state`, merged into `local`, adds nothing."""
+    if state.counts(receipt) and (local is None or local.counts(receipt)):
+        return False
+    mine = None if local is None else local.receipts.get(idempotency_key)
+    if mine is None or local is None or not local.counts(mine):
+        return True
+    # This node still counts its own copy: dropping the incoming receipt is
+    # safe only if the merged watermark covers that copy. Otherwise only the
+    # incoming folded receipt can cancel it, and it must stay however old,
+    # or the write would count twice.
+    maker = mine.stamp.replica
+    watermark = max(state.folded_upto.get(maker, 0), local.folded_upto.get(maker, 0))
+    return mine.stamp.time < watermark
 
 
 def _without_expired(

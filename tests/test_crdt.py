@@ -33,6 +33,9 @@ receipt_parts = st.builds(
 )
 receipt_maps = st.dictionaries(st.sampled_from(["k1", "k2", "k3"]), receipt_parts)
 
+WATERMARK_MAX = 50  # the largest fold watermark the strategies make
+FOLD_ALL = 10**6  # a fold watermark above every stamp the tests make
+
 live_states = st.builds(
     CounterState,
     created=st.none() | stamps,
@@ -43,6 +46,7 @@ live_states = st.builds(
     step=st.none() | registers(st.integers(-3, 3)),
     versions=st.dictionaries(replicas, st.integers(1, 9), max_size=3),
     receipts=receipt_maps,
+    folded_upto=st.dictionaries(replicas, st.integers(1, WATERMARK_MAX), max_size=3),
 )
 tombstones = st.builds(CounterState, deleted=stamps, receipts=receipt_maps)
 states = live_states | tombstones
@@ -222,8 +226,13 @@ def test_concurrent_sets_add_their_differences() -> None:
 
 
 def attempt(state: CounterState, replica: str, time: int, amount: int) -> CounterState:
-    """Return the delta one attempt of the write "k" makes on a replica."""
-    receipt = Receipt(Stamp(time, replica), amount, "a" * 32, 200, str(amount))
+    """Return the delta one attempt of the write "k" makes on a replica.
+
+    Its stamp lies above any fold watermark the strategies make (at most 50):
+    a replica never stamps a write below its own watermark.
+    """
+    stamp = Stamp(WATERMARK_MAX + time, replica)
+    receipt = Receipt(stamp, amount, "a" * 32, 200, str(amount))
     return crdt.bump(state, crdt.record(CounterState(), "k", receipt), replica)
 
 
@@ -249,7 +258,7 @@ def test_concurrent_attempts_count_once(
     result = functools.reduce(merged, deltas, base.copy())
 
     assert result.value == base.value + amount
-    earliest = min(Stamp(t, r) for r, t in attempts)
+    earliest = min(Stamp(WATERMARK_MAX + t, r) for r, t in attempts)
     assert result.receipts["k"].stamp == earliest
 
 
@@ -274,7 +283,7 @@ def test_folding_never_counts_twice(
     joined = merged(merged(base, one), two)
     owner = joined.receipts["k"].stamp.replica
 
-    fold = crdt.fold(joined, ["k"], owner)
+    fold = crdt.fold(joined, owner, FOLD_ALL)
     assert fold is not None
     # A replica that never saw the other attempt, or only saw it later.
     pieces = [one, two, fold]
@@ -283,7 +292,7 @@ def test_folding_never_counts_twice(
 
     assert result.value == base.value + amount
     assert result.receipts["k"].folded
-    assert crdt.fold(result, ["k"], owner) is None  # folds once
+    assert crdt.fold(result, owner, FOLD_ALL) is None  # folds once
 
 
 @given(
@@ -308,7 +317,7 @@ def test_receipts_folded_together_keep_the_value(
         writes.append(write)
         state = merged(state, write)
 
-    fold = crdt.fold(state, keys, owner)
+    fold = crdt.fold(state, owner, FOLD_ALL)
     assert fold is not None
     pieces = [*writes, fold]
     rng.shuffle(pieces)
@@ -316,15 +325,37 @@ def test_receipts_folded_together_keep_the_value(
 
     assert result.value == base.value + sum(amounts)
     assert all(result.receipts[key].folded for key in keys)
-    assert crdt.fold(result, keys, owner) is None  # folds once
+    assert crdt.fold(result, owner, FOLD_ALL) is None  # folds once
+
+
+@given(live_states, replicas, st.integers(-5, 5), st.randoms())
+def test_a_fold_watermark_outlives_the_dropped_receipt(
+    base: CounterState, owner: str, amount: int, rng: random.Random
+) -> None:
+    """Once the maker folded a receipt under its watermark and dropped it, a
+    stale unfolded copy, met in any order, adds nothing more."""
+    base.receipts.pop("k", None)
+    made = attempt(base, owner, 7, amount)
+    stale = merged(base, made)
+    fold = crdt.fold(stale, owner, WATERMARK_MAX + 8)
+    assert fold is not None
+    dropped = merged(stale, fold)
+    del dropped.receipts["k"]  # the maker purged it after twice the window
+
+    pieces = [stale, made, fold, dropped]
+    rng.shuffle(pieces)
+    result = functools.reduce(merged, pieces, base.copy())
+
+    assert result.value == base.value + amount
 
 
 @given(live_states, replicas)
 def test_only_the_maker_folds(state: CounterState, replica: str) -> None:
     """A replica folds no receipt another replica made."""
-    for key, receipt in state.receipts.items():
-        if receipt.stamp.replica != replica:
-            assert crdt.fold(state, [key], replica) is None
+    delta = crdt.fold(state, replica, FOLD_ALL)
+
+    folded = {} if delta is None else delta.receipts
+    assert all(receipt.stamp.replica == replica for receipt in folded.values())
 
 
 @given(live_states, stamps)

@@ -316,10 +316,39 @@ def test_a_fold_that_comes_after_twice_the_window_still_cancels_the_receipt(
 
     peer.merge({key: fold}, None)
 
-    assert 1 == peer.get(key).value == maker.get(key).value
-    assert peer.get(key).receipts["k-1"].folded
+    held = peer.get(key)
+    assert 1 == held.value == maker.get(key).value
+    assert not held.counts(held.receipts["k-1"])
     assert peer.purge_receipts() == 1
     assert peer.digest.root == maker.digest.root
+
+
+def test_a_stale_copy_of_a_dropped_receipt_counts_no_more(tmp_path: Path) -> None:
+    """A node that missed both the fold and the drop brings its unfolded copy
+    back in vain: the maker's fold watermark says the receipt was folded."""
+    wall = Wall()
+    maker = open_node(tmp_path / "maker", wall)
+    stale = open_node(tmp_path / "stale", wall)
+    key, _ = maker.create()
+    maker.increment(key, IDEM)
+    made = maker.state(key)
+    assert made is not None
+    stale.merge({key: made}, None)
+    wall.millis += 3 * DAY_MS
+    maker.fold_receipts()
+    maker.purge_receipts()
+    assert maker.get(key).receipts == {}
+
+    old = stale.state(key)
+    assert old is not None
+    maker.merge({key: old}, None)  # the stale copy reaches the maker
+    caught_up = maker.state(key)
+    assert caught_up is not None
+    stale.merge({key: caught_up}, None)  # the stale node repairs from it
+
+    assert 1 == maker.get(key).value == stale.get(key).value
+    assert stale.purge_receipts() == 1
+    assert stale.digest.root == maker.digest.root
 
 
 def test_only_the_maker_folds_a_receipt(tmp_path: Path) -> None:
