@@ -25,6 +25,7 @@ REQUEST_TIMEOUT = 5.0  # seconds, for one request of the test itself
 # Seconds each attempt of a retrying client may take; a node pulling what a
 # token names gives up after its sync timeout, 1 s, so this must be longer.
 CLIENT_TIMEOUT = 2.0
+COOLDOWN = 2.0  # seconds a client skips a node that failed
 
 
 def test_retried_increments_count_once_through_freeze_crash_and_partition(
@@ -37,14 +38,21 @@ def test_retried_increments_count_once_through_freeze_crash_and_partition(
 
     urls = list(cluster.urls.values())
     with RetryingWorkload(
-        urls, list(counters), timeout=CLIENT_TIMEOUT, history=history
+        urls,
+        list(counters),
+        timeout=CLIENT_TIMEOUT,
+        cooldown=COOLDOWN,
+        history=history,
     ):
         time.sleep(1.0)
         cluster.disconnect("nixie3")
         # Attempts sent to the frozen node time out and are retried elsewhere;
         # thawed, it applies them too, just before it crashes.
         cluster.docker("pause", cluster.container("nixie2"))
-        time.sleep(CLIENT_TIMEOUT + 0.5)
+        # Longer than a client's timeout and cooldown together, so that even
+        # clients that had just put nixie2 in cooldown (after a 503 from a
+        # token pull across the cut, say) send it attempts that time out.
+        time.sleep(CLIENT_TIMEOUT + COOLDOWN + 1.5)
         cluster.docker("unpause", cluster.container("nixie2"))
         time.sleep(0.3)
         cluster.docker("kill", "--signal", "KILL", cluster.container("nixie2"))
