@@ -453,7 +453,7 @@ def _expired(
         for idempotency_key, receipt in state.receipts.items()
         if receipt.stamp.time < horizon
         and (
-            _counts_no_more(receipt, idempotency_key, state, local)
+            _counts_no_more(receipt, state, local)
             or deleted
             or (
                 local is not None
@@ -465,24 +465,17 @@ def _expired(
 
 
 def _counts_no_more(
-    receipt: Receipt,
-    idempotency_key: str,
-    state: CounterState,
-    local: CounterState | None,
+    receipt: Receipt, state: CounterState, local: CounterState | None
 ) -> bool:
-    """Tell whether a receipt of `state`, merged into `local`, adds nothing."""
-    if state.counts(receipt) and (local is None or local.counts(receipt)):
-        return False
-    mine = None if local is None else local.receipts.get(idempotency_key)
-    if mine is None or local is None or not local.counts(mine):
-        return True
-    # This node still counts its own copy: dropping the incoming receipt is
-    # safe only if the merged watermark covers that copy. Otherwise only the
-    # incoming folded receipt can cancel it, and it must stay however old,
-    # or the write would count twice.
-    maker = mine.stamp.replica
-    watermark = max(state.folded_upto.get(maker, 0), local.folded_upto.get(maker, 0))
-    return mine.stamp.time < watermark
+    """Tell whether a receipt of `state`, merged into `local`, adds nothing.
+
+    A folded receipt always comes with its maker's fold watermark, which
+    covers `local`'s unfolded copy too once merged, so either side's verdict
+    holds for the merged state.
+    """
+    return not state.counts(receipt) or (
+        local is not None and not local.counts(receipt)
+    )
 
 
 def _without_expired(
