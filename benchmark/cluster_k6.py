@@ -30,6 +30,7 @@ from benchmark.local_cluster import (
 from benchmark.run import (
     BenchmarkError,
     add_output_options,
+    add_rounds_option,
     aggregate,
     cell,
     cpu_seconds,
@@ -161,17 +162,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.cluster_k6", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="runs per target, alternated; the table shows medians (default 3)",
-    )
+    add_rounds_option(parser, "target", "alternated")
     add_gossip_interval_option(parser)
     add_output_options(parser, "cluster-k6")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     return args
 
 

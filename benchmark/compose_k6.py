@@ -36,6 +36,7 @@ from benchmark.run import (
     ROOT,
     BenchmarkError,
     add_output_options,
+    add_rounds_option,
     cell,
     cpu_seconds,
     exit_status,
@@ -178,12 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.compose_k6", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="runs per way, alternated; the table shows medians (default 3)",
-    )
+    add_rounds_option(parser, "way", "alternated")
     parser.add_argument(
         "--nodes",
         default=DEFAULT_NODE_URLS,
@@ -196,8 +192,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_output_options(parser, "compose-k6")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     args.nodes = split_urls(args.nodes)
     if not args.nodes:
         parser.error("--nodes names no URL")

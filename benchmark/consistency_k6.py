@@ -45,6 +45,7 @@ from benchmark.run import (
     MATCH_CHECK,
     BenchmarkError,
     add_output_options,
+    add_rounds_option,
     aggregate,
     cell,
     exit_status,
@@ -188,13 +189,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.consistency_k6", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="runs per scenario, in rotating order; the table shows medians "
-        "(default 3)",
-    )
+    add_rounds_option(parser, "scenario", "in rotating order")
     parser.add_argument(
         "--scenario",
         action="append",
@@ -204,8 +199,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_gossip_interval_option(parser)
     add_output_options(parser, "consistency-k6")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     return args
 
 

@@ -380,6 +380,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def add_rounds_option(parser: argparse.ArgumentParser, each: str, order: str) -> None:
+    """Add --rounds: how many runs of each `each`, made in `order`."""
+    parser.add_argument(
+        "--rounds",
+        type=_at_least_one,
+        default=3,
+        help=f"runs per {each}, {order}; the table shows medians (default 3)",
+    )
+
+
+def _at_least_one(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return count
+
+
 def add_output_options(parser: argparse.ArgumentParser, prefix: str) -> None:
     """Add --output (the raw figures' file, see `save_report`) and --verbose."""
     parser.add_argument(
@@ -439,12 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmark.run", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="runs per target, alternated; the table shows medians (default 3)",
-    )
+    add_rounds_option(parser, "target", "alternated")
     parser.add_argument(
         "--target",
         choices=(*TARGETS, "both"),
@@ -453,8 +465,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_output_options(parser, "bench")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
     return args
 
 

@@ -251,6 +251,18 @@ def open_node(path: Path, wall: Wall) -> Node:
     return Node(Store(path), HybridClock(wall), retention_ms=DAY_MS)
 
 
+def share_a_receipt(tmp_path: Path, wall: Wall) -> tuple[Node, Node, str]:
+    """Open a maker and another node; the other holds the maker's keyed write."""
+    maker = open_node(tmp_path / "maker", wall)
+    other = open_node(tmp_path / "other", wall)
+    key, _ = maker.create()
+    maker.increment(key, IDEM)
+    made = maker.state(key)
+    assert made is not None
+    other.merge({key: made}, None)
+    return maker, other, key
+
+
 def test_receipts_survive_a_restart(tmp_path: Path) -> None:
     """A retry after the node restarted still finds the first answer."""
     wall = Wall()
@@ -301,13 +313,7 @@ def test_a_fold_that_comes_after_twice_the_window_still_cancels_the_receipt(
     """A peer holding the receipt unfolded takes the maker's fold however late,
     so the write counts once (the maker was down past twice the window)."""
     wall = Wall()
-    maker = open_node(tmp_path / "maker", wall)
-    peer = open_node(tmp_path / "peer", wall)
-    key, _ = maker.create()
-    maker.increment(key, IDEM)
-    made = maker.state(key)
-    assert made is not None
-    peer.merge({key: made}, None)
+    maker, peer, key = share_a_receipt(tmp_path, wall)
     wall.millis += 3 * DAY_MS
     assert maker.fold_receipts() == 1
     fold = maker.state(key)  # what the fold's delta carries
@@ -327,13 +333,7 @@ def test_a_stale_copy_of_a_dropped_receipt_counts_no_more(tmp_path: Path) -> Non
     """A node that missed both the fold and the drop brings its unfolded copy
     back in vain: the maker's fold watermark says the receipt was folded."""
     wall = Wall()
-    maker = open_node(tmp_path / "maker", wall)
-    stale = open_node(tmp_path / "stale", wall)
-    key, _ = maker.create()
-    maker.increment(key, IDEM)
-    made = maker.state(key)
-    assert made is not None
-    stale.merge({key: made}, None)
+    maker, stale, key = share_a_receipt(tmp_path, wall)
     wall.millis += 3 * DAY_MS
     maker.fold_receipts()
     maker.purge_receipts()
@@ -354,13 +354,7 @@ def test_a_stale_copy_of_a_dropped_receipt_counts_no_more(tmp_path: Path) -> Non
 def test_only_the_maker_folds_a_receipt(tmp_path: Path) -> None:
     """A receipt made by another replica stays unfolded here, and counted."""
     wall = Wall()
-    maker = open_node(tmp_path / "maker", wall)
-    other = open_node(tmp_path / "other", wall)
-    key, _ = maker.create()
-    maker.increment(key, IDEM)
-    state = maker.state(key)
-    assert state is not None
-    other.merge({key: state}, None)
+    maker, other, key = share_a_receipt(tmp_path, wall)
 
     wall.millis += 3 * DAY_MS
 
